@@ -1,0 +1,30 @@
+# Two entry points for newcomers: `make serve` (the main job) and `make test` (the suite CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 7860
+
+.PHONY: install serve test lint format bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Installs the pinned stack (CPU torch where no GPU is present) and hubkit itself, editable.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
+
+serve: install
+	$(BIN)/hubkit serve --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: install
+	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -1,0 +1,27 @@
+"""hubkit: fine-tune vision foundation models with LoRA, share adapters through a hub, demo them in Spaces."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import errors
+from .errors import HubkitError
+from .hub import get_store, list_repos, list_revisions, pull, push, resolve, sync
+
+try:
+    __version__ = version("hubkit")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "HubkitError",
+    "__version__",
+    "errors",
+    "get_store",
+    "list_repos",
+    "list_revisions",
+    "pull",
+    "push",
+    "resolve",
+    "sync",
+]

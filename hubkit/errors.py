@@ -1,0 +1,101 @@
+"""Every error hubkit raises. Each also inherits the builtin a caller would catch without hubkit."""
+
+from __future__ import annotations
+
+
+class HubkitError(Exception):
+    """Base class: catch this to handle any hubkit failure."""
+
+
+class InvalidRepoIdError(HubkitError, ValueError):
+    def __init__(self, repo_id: object, reason: str):
+        self.repo_id = repo_id
+        super().__init__(
+            f"Invalid repo id {repo_id!r}: {reason}. Use 'namespace/name' (letters, digits, '-', '_', '.')."
+        )
+
+
+class RepoNotFoundError(HubkitError, FileNotFoundError):
+    def __init__(self, repo_id: str, repo_type: str = "model", *, store: str = "", available: list[str] | None = None):
+        self.repo_id, self.repo_type, self.store, self.available = repo_id, repo_type, store, available or []
+        where = f" in the {store} store" if store else ""
+        hint = f" Repos there: {', '.join(self.available[:10])}" if self.available else ""
+        more = " ..." if len(self.available) > 10 else ""
+        super().__init__(f"No {repo_type} repo {repo_id!r}{where}.{hint}{more}")
+
+
+class RevisionNotFoundError(HubkitError, LookupError):
+    def __init__(self, repo_id: str, revision: str, *, available: list[str] | None = None):
+        self.repo_id, self.revision, self.available = repo_id, revision, available or []
+        hint = f" Known revisions: {', '.join(self.available[:10])}" if self.available else ""
+        super().__init__(f"Repo {repo_id!r} has no revision {revision!r}.{hint}")
+
+
+class EmptyFolderError(HubkitError, ValueError):
+    def __init__(self, path: object, reason: str = "holds no files (after include/exclude filters)"):
+        self.path = path
+        super().__init__(f"Nothing to push: {str(path)!r} {reason}.")
+
+
+class FileTooLargeError(HubkitError, ValueError):
+    def __init__(self, path: object, size: int, limit: int):
+        self.path, self.size, self.limit = path, size, limit
+        super().__init__(
+            f"{str(path)!r} is {size:,} bytes, over the {limit:,}-byte limit "
+            "(raise it with HUBKIT_MAX_FILE_SIZE or --max-file-size)."
+        )
+
+
+class HubUnreachableError(HubkitError, ConnectionError):
+    def __init__(self, endpoint: str, reason: str = ""):
+        self.endpoint = endpoint
+        extra = f" ({reason})" if reason else ""
+        super().__init__(
+            f"The Hugging Face Hub at {endpoint} is unreachable{extra}. "
+            "Work offline with --offline / HF_HUB_OFFLINE=1, or use the local store (--hub local)."
+        )
+
+
+class PushConflictError(HubkitError, RuntimeError):
+    def __init__(self, repo_id: str, detail: str):
+        self.repo_id = repo_id
+        super().__init__(f"Push to {repo_id!r} failed: {detail}")
+
+
+class StoreError(HubkitError, OSError):
+    """The store on disk is unusable (unreadable, corrupt metadata)."""
+
+
+class AuthError(HubkitError, PermissionError):
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+class CardError(HubkitError, ValueError):
+    """A model / dataset / Space card is missing fields or does not parse."""
+
+
+class ConfigError(HubkitError, ValueError):
+    """A recipe, CLI override or config value is wrong."""
+
+
+class DataError(HubkitError, ValueError):
+    """A data set cannot be read or holds no usable samples."""
+
+
+class UnknownTaskError(HubkitError, ValueError):
+    def __init__(self, task: str, known: list[str]):
+        self.task, self.known = task, known
+        super().__init__(f"Unknown task {task!r}. Known tasks: {', '.join(sorted(known))}.")
+
+
+class AdapterMismatchError(HubkitError, ValueError):
+    """An adapter does not fit the base model (base id, shapes or key names)."""
+
+
+class UnsafeWeightsError(HubkitError, PermissionError):
+    """Pickle weights or remote code were refused because the user did not opt in."""
+
+
+class InvalidImageError(HubkitError, ValueError):
+    """An input image cannot be decoded or has an unsupported shape / mode."""

@@ -1,0 +1,62 @@
+"""The `hubkit` command as a newcomer runs it: output contract, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+from conftest import folder_bytes, make_folder, run_cli
+
+FILES = {"README.md": b"---\nlicense: mit\npipeline_tag: depth-estimation\n---\n# Demo\n", "w.bin": b"\x00\x01" * 500}
+
+
+def test_push_pull_ls_card(tmp_path):
+    src = make_folder(tmp_path / "folder", FILES)
+    push = run_cli("push", str(src), "me/demo", "-m", "first", check=True)
+    rev = push.stdout.strip().splitlines()[-1]
+    assert len(rev) == 40
+    pull = run_cli("pull", "me/demo", check=True)
+    assert folder_bytes(tmp_path.joinpath(pull.stdout.strip().splitlines()[-1])) == FILES
+    pull_to = run_cli("pull", "me/demo", "--to", str(tmp_path / "out"), "--revision", rev[:10], check=True)
+    assert pull_to.stdout.strip().splitlines()[-1] == str(tmp_path / "out")
+    assert folder_bytes(tmp_path / "out") == FILES
+    assert "model    me/demo" in run_cli("ls", check=True).stdout
+    revs = run_cli("ls", "me/demo", check=True).stdout
+    assert rev[:12] in revs and "first" in revs and "(main)" in revs
+    card = run_cli("card", "me/demo")
+    assert "license: mit" in card.stdout and "depth-estimation" in card.stdout
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path):
+    cases = [
+        (["pull", "../x"], "Invalid repo id '../x'"),
+        (["pull", "a/b/c"], "3 part(s)"),
+        (["pull", "me/missing"], "No model repo 'me/missing'"),
+        (["push", str(tmp_path / "nope"), "me/x"], "does not exist"),
+        (["push", str(tmp_path), "me/x"], "holds no files"),
+        (["ls", "me/missing"], "No model repo"),
+        (["push", ".", "me/x", "--hub", "nonsense"], "Unknown hub 'nonsense'"),
+    ]
+    for args, expected in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_unknown_revision_lists_known_ones(tmp_path):
+    run_cli("push", str(make_folder(tmp_path / "f", FILES)), "me/demo", "--tag", "v1", check=True)
+    proc = run_cli("pull", "me/demo", "--revision", "v2")
+    assert proc.returncode == 1 and "v1" in proc.stderr and "main" in proc.stderr
+
+
+def test_card_without_readme_is_a_clear_error(tmp_path):
+    run_cli("push", str(make_folder(tmp_path / "f", {"a.txt": b"a"})), "me/nocard", check=True)
+    proc = run_cli("card", "me/nocard")
+    assert proc.returncode == 1 and "README.md" in proc.stderr
+
+
+def test_sync_cli_between_folders(tmp_path):
+    src = make_folder(tmp_path / "f", FILES)
+    run_cli("push", str(src), "me/demo", "--hub", str(tmp_path / "a"), check=True)
+    run_cli("sync", "me/demo", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b"), check=True)
+    out = run_cli("pull", "me/demo", "--hub", str(tmp_path / "b"), check=True).stdout.strip()
+    assert folder_bytes(tmp_path.joinpath(out)) == FILES
