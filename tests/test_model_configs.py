@@ -39,9 +39,7 @@ def test_every_bundled_config_has_a_count_and_vice_versa():
     assert sorted(_repo_id(f) for f in FOLDERS) == sorted(PARAMS)
 
 
-@pytest.mark.parametrize(
-    "folder", FOLDERS, ids=lambda f: str(f.relative_to(CONFIG_ROOT))
-)
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: str(f.relative_to(CONFIG_ROOT)))
 def test_config_builds_with_recorded_parameter_count(folder: Path):
     model = _build_on_meta(folder)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[_repo_id(folder)]
@@ -51,13 +49,8 @@ def test_depth_anything_v2_small_lora_figure(capsys):
     peft = pytest.importorskip("peft")
     model = _build_on_meta(CONFIG_ROOT / "depth-anything--Depth-Anything-V2-Small-hf")
     assert sum(p.numel() for p in model.parameters()) == 24_785_089
-    lora = peft.LoraConfig(
-        r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"]
-    )
+    lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj"])
     peft_model = peft.get_peft_model(model, lora)
     assert peft_model.get_nb_trainable_parameters() == (442_368, 25_227_457)
     peft_model.print_trainable_parameters()
-    assert (
-        "trainable params: 442,368 || all params: 25,227,457 || trainable%: 1.7535"
-        in capsys.readouterr().out
-    )
+    assert "trainable params: 442,368 || all params: 25,227,457 || trainable%: 1.7535" in capsys.readouterr().out

@@ -8,6 +8,8 @@ import shutil
 import socket
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +21,9 @@ from ._types import RevisionInfo
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = float(os.environ.get("HUBKIT_HUB_CONNECT_TIMEOUT", "5"))
 READ_TIMEOUT_S = float(os.environ.get("HUBKIT_HUB_READ_TIMEOUT", "60"))
+# huggingface_hub retries timed-out metadata calls with back-off; this caps the whole call.
+METADATA_DEADLINE_S = float(os.environ.get("HUBKIT_HUB_DEADLINE", "30"))
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hubkit-hf")
 _timeouts_set = False
 
 
@@ -84,15 +89,27 @@ class HfStore:
             raise HubUnreachableError(self.endpoint, type(err).__name__ + (f": {err}" if str(err) else "")) from None
         self._reachable_at = time.monotonic()
 
-    def _call(self, fn, *args, ctx: tuple[str, str, str | None] = ("", "model", None), **kwargs):
-        """Run one huggingface_hub call, turning its errors into hubkit's. ctx: (repo_id, repo_type, revision)."""
+    def _call(
+        self, fn, *args, ctx: tuple[str, str, str | None] = ("", "model", None), transfer: bool = False, **kwargs
+    ):
+        """Run one huggingface_hub call, turning its errors into hubkit's. ctx: (repo_id, repo_type, revision).
+
+        Metadata calls get an overall deadline; transfers (`transfer=True`) only the per-read timeout.
+        """
         import httpx2
         from huggingface_hub import errors as hf_errors
 
         repo_id, repo_type, revision = ctx
         self.check_reachable()
         try:
-            return fn(*args, **kwargs)
+            if transfer:
+                return fn(*args, **kwargs)
+            future = _pool.submit(fn, *args, **kwargs)
+            try:
+                return future.result(timeout=METADATA_DEADLINE_S)
+            except FutureTimeout:
+                future.cancel()
+                raise HubUnreachableError(self.endpoint, f"no answer within {METADATA_DEADLINE_S:.0f} s") from None
         except hf_errors.RevisionNotFoundError:
             known = self._ref_names(repo_id, repo_type)
             raise RevisionNotFoundError(repo_id, revision or "main", available=known) from None
@@ -197,6 +214,7 @@ class HfStore:
             endpoint=self.endpoint,
             token=self._token,
             ctx=(ref.repo_id, repo_type, revision),
+            transfer=True,
         )
         return Path(path)
 
@@ -243,6 +261,7 @@ class HfStore:
                 repo_id=ref.repo_id,
                 repo_type=repo_type,
                 ctx=ctx,
+                transfer=True,
             )
         rev_id = commit.oid
         if tag:
