@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import errors
 from .errors import HubkitError
 from .hub import get_store, list_repos, list_revisions, pull, push, resolve, sync
+from .predictor import Predictor, load
 
 try:
     __version__ = version("hubkit")
@@ -15,11 +16,13 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "HubkitError",
+    "Predictor",
     "__version__",
     "errors",
     "get_store",
     "list_repos",
     "list_revisions",
+    "load",
     "pull",
     "push",
     "resolve",

@@ -171,6 +171,7 @@ def _build_sam(out: Path) -> None:
     image_size, patch, hidden = 64, 8, 32  # 8x8 image embedding; low-res masks are 4x that (32), as 256 = 4 * 64
     config = SamConfig(
         vision_config=SamVisionConfig(
+            initializer_range=0.02,  # the default 1e-10 leaves a tiny model blind to the image
             hidden_size=hidden,
             output_channels=hidden,
             num_hidden_layers=2,
@@ -289,7 +290,7 @@ def _build_grounding_dino(out: Path) -> None:
     GroundingDinoForObjectDetection(config).save_pretrained(out)
     # IDEA-Research/grounding-dino-* resize to shortest 800 / longest 1333; tiny keeps the same rule at 64 / 96
     image_processor = GroundingDinoImageProcessorPil(
-        size={"shortest_edge": 64, "longest_edge": 96}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        size={"shortest_edge": 80, "longest_edge": 120}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
     )
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
@@ -479,3 +480,47 @@ def build(family: str, out_dir: str | Path, *, seed: int = 0) -> Path:
 def build_all(root: str | Path, *, seed: int = 0) -> dict[str, Path]:
     """Build every family into ``root/<family>``; returns {family: folder}."""
     return {family: build(family, Path(root) / family, seed=seed) for family in FAMILIES}
+
+
+def random_adapter(
+    task: str,
+    base_folder: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    r: int = 4,
+    strength: float = 0.5,
+    base_id: str | None = None,
+) -> Path:
+    """A LoRA adapter with random (non-zero) weights for `task`'s preset on a base folder.
+
+    Random B matrices make every adapter change the output, so tests and offline demos can tell
+    adapters apart. Saved as a PEFT folder (safetensors), like a trained adapter.
+    """
+    import torch
+    from peft import get_peft_model
+
+    from .adapters import lora_config
+    from .tasks import LoadOptions, get_task
+
+    spec = get_task(task)
+    torch.manual_seed(seed)
+    model, _ = spec.load(Path(base_folder), LoadOptions())
+    config = lora_config(
+        model, spec.preset.targets, r=r, alpha=2 * r, dropout=0.0, exclude=spec.preset.exclude, init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn_like(param) * strength / max(param.shape[-1], 1) ** 0.5)
+    out = Path(out_dir)
+    peft_model.save_pretrained(out)
+    if base_id is not None:  # save_pretrained records the folder path; the repo id is what users see
+        import json
+
+        config_file = out / "adapter_config.json"
+        data = json.loads(config_file.read_text())
+        data["base_model_name_or_path"] = base_id
+        config_file.write_text(json.dumps(data, indent=2))
+    return out

@@ -43,8 +43,17 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False):
 
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "hubkit.cli", *args], capture_output=True, text=True, env=full_env, timeout=300
+        [sys.executable, "-m", "hubkit", *args], capture_output=True, text=True, env=full_env, timeout=300
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"hubkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def same(a, b, rtol: float = 1e-4) -> bool:
+    """Equal up to float noise, relative to the outputs' own scale (tiny random models give tiny values)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale))

@@ -1,0 +1,253 @@
+"""LoRA adapters: resolve targets to what a model has, read adapters safely, attach, remap old keys, count.
+
+Adapters are PEFT folders (`adapter_config.json` + `adapter_model.safetensors`). Everything that
+puts an adapter on a base goes through `attach_adapter`, which refuses (never silently half-loads)
+an adapter whose base, key names or shapes do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import AdapterMismatchError, UnsafeWeightsError
+
+logger = logging.getLogger(__name__)
+
+# Module names changed between transformers 4 and 5 (ViT / DINOv2 family attention). Old name -> new.
+TARGET_ALIASES: dict[str, tuple[str, ...]] = {
+    "query": ("q_proj",),
+    "key": ("k_proj",),
+    "value": ("v_proj",),
+    "dense": ("o_proj",),
+    "q_proj": ("query",),
+    "k_proj": ("key",),
+    "v_proj": ("value",),
+}
+# State-dict key renames for adapters saved against transformers 4 module paths.
+LEGACY_KEY_RENAMES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"\.attention\.attention\.query\."), ".attention.q_proj."),
+    (re.compile(r"\.attention\.attention\.key\."), ".attention.k_proj."),
+    (re.compile(r"\.attention\.attention\.value\."), ".attention.v_proj."),
+    (re.compile(r"\.attention\.output\.dense\."), ".attention.o_proj."),
+]
+
+
+def _leaf_names(model: torch.nn.Module) -> list[str]:
+    """Names of the adaptable modules: leaves, with already-adapted layers counted as the layer they wrap."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = []
+    for name, module in model.named_modules():
+        if not name or ".base_layer" in name or ".lora_" in name or name.startswith("lora_"):
+            continue
+        if isinstance(module, BaseTunerLayer) or not list(module.children()):
+            names.append(name)
+    return names
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def resolve_targets(
+    model: torch.nn.Module, targets: Iterable[str], *, exclude: str | None = None
+) -> tuple[list[str], list[str]]:
+    """Map target names (as a recipe wrote them) to names this model has.
+
+    Returns (targets to give peft, full names of the matched modules). Raises AdapterMismatchError
+    naming the targets that match nothing, with the model's module names that look closest.
+    """
+    leaves = [n for n in _leaf_names(model) if not (exclude and re.search(exclude, n))]
+    resolved, matched, missing = [], [], []
+    for target in targets:
+        for candidate in (target, *TARGET_ALIASES.get(target, ())):
+            hits = [n for n in leaves if _matches(n, candidate)]
+            if hits:
+                resolved.append(candidate)
+                matched.extend(hits)
+                break
+        else:
+            missing.append(target)
+    if missing:
+        suffixes = sorted({n.rsplit(".", 1)[-1] for n in leaves})
+        raise AdapterMismatchError(
+            f"LoRA targets {missing} match no module of {type(model).__name__}. "
+            f"Module names it has: {', '.join(suffixes[:40])}"
+        )
+    return list(dict.fromkeys(resolved)), sorted(set(matched))
+
+
+def lora_config(
+    model: torch.nn.Module,
+    targets: Sequence[str],
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    exclude: str | None = None,
+    init_lora_weights: bool | str = True,
+):
+    """A peft LoraConfig whose target modules are exactly the (resolved) modules of this model."""
+    from peft import LoraConfig
+
+    if r <= 0 or alpha <= 0:
+        raise ValueError(f"LoRA r and alpha must be positive, got r={r}, alpha={alpha}")
+    resolved, _ = resolve_targets(model, targets, exclude=exclude)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=resolved,
+        # peft full-matches a string exclude; ours is a search pattern (e.g. keep a VAE out of a UNet preset)
+        exclude_modules=f".*(?:{exclude}).*" if exclude else None,
+        init_lora_weights=init_lora_weights,
+    )
+
+
+def parameter_line(trainable: int, total: int) -> str:
+    """The line peft's print_trainable_parameters prints."""
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting shared tensors once, as peft does."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    seen, trainable, total = set(), 0, 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+# -- reading adapter folders ---------------------------------------------------------------
+def read_adapter(folder: str | Path, *, allow_pickle: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Return (adapter_config as a dict, state dict) from a PEFT folder; safetensors unless opted in."""
+    folder = Path(folder)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise AdapterMismatchError(f"{folder} is not a PEFT adapter folder: adapter_config.json is missing")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as err:
+        raise AdapterMismatchError(f"{config_file} is not valid JSON: {err}") from None
+    safe = folder / "adapter_model.safetensors"
+    pickle = folder / "adapter_model.bin"
+    if safe.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return config, load_file(safe)
+        except Exception as err:  # safetensors raises its own error types for truncated / corrupt files
+            raise AdapterMismatchError(f"{safe} is corrupt or truncated: {err}") from None
+    if pickle.is_file():
+        if not allow_pickle:
+            raise UnsafeWeightsError(
+                f"{pickle} is a pickle, which can run code when loaded. Convert it to safetensors, or opt in "
+                "with allow_pickle=True (--allow-pickle) to load it with torch.load(weights_only=True)."
+            )
+        return config, torch.load(pickle, map_location="cpu", weights_only=True)
+    raise AdapterMismatchError(f"{folder} has no adapter_model.safetensors (or adapter_model.bin)")
+
+
+def remap_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for pattern, new in LEGACY_KEY_RENAMES:
+            key = pattern.sub(new, key)
+        out[key] = value
+    return out
+
+
+def _strip_adapter_name(key: str, name: str) -> str:
+    return key.replace(f".{name}.", ".")
+
+
+def _describe(keys: Iterable[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_base(adapter_config: dict, base_id: str | None, *, folder: Path) -> None:
+    """Refuse an adapter made for another base, when both sides name a Hub repo."""
+    recorded = adapter_config.get("base_model_name_or_path")
+    if not recorded or not base_id or Path(base_id).exists() or Path(recorded).exists():
+        return
+    if recorded.count("/") == 1 and base_id.count("/") == 1 and recorded != base_id:
+        raise AdapterMismatchError(
+            f"Adapter {folder} was trained on {recorded!r} but the base is {base_id!r}. Load it on {recorded!r}, "
+            "or pass check_base=False if the bases are the same architecture and weights."
+        )
+
+
+def attach_adapter(
+    model: torch.nn.Module,
+    folder: str | Path,
+    *,
+    name: str,
+    base_id: str | None = None,
+    allow_pickle: bool = False,
+    check_base_model: bool = True,
+):
+    """Load a PEFT adapter folder onto `model` (a base or a PeftModel) as adapter `name`; return the PeftModel."""
+    from peft import LoraConfig, PeftModel
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    folder = Path(folder)
+    config_dict, state = read_adapter(folder, allow_pickle=allow_pickle)
+    if check_base_model:
+        check_base(config_dict, base_id, folder=folder)
+    if config_dict.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(f"{folder} is a {config_dict.get('peft_type')} adapter; hubkit loads LoRA only")
+    known = set(LoraConfig.__dataclass_fields__)
+    config = LoraConfig(**{k: v for k, v in config_dict.items() if k in known})
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if isinstance(config.target_modules, (list, set, tuple)):  # names may predate transformers 5
+        config.target_modules = set(resolve_targets(base, sorted(config.target_modules))[0])
+    config.inference_mode = True
+    fresh = not isinstance(model, PeftModel)
+    try:
+        if fresh:
+            model = PeftModel(model, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+    except ValueError as err:  # peft's NoMatchingPeftModuleError and friends
+        raise AdapterMismatchError(f"Adapter {folder} targets modules {type(base).__name__} lacks: {err}") from None
+
+    def undo() -> None:  # leave the base exactly as it was before this call
+        if fresh:
+            model.unload()
+        else:
+            model.delete_adapter(name)
+
+    expected = {_strip_adapter_name(k, name): v for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    if set(state) != set(expected):
+        state = remap_legacy_keys(state)
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        undo()
+        raise AdapterMismatchError(
+            f"Adapter {folder} does not fit {type(base).__name__}: "
+            f"missing keys: {_describe(missing) or 'none'}; unexpected keys: {_describe(unexpected) or 'none'}"
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        undo()
+        key, got, want = wrong[0]
+        raise AdapterMismatchError(
+            f"Adapter {folder} has shapes that do not fit the base ({len(wrong)} tensors), e.g. {key}: "
+            f"adapter {got} vs base {want}. It was trained on a different model size."
+        )
+    set_peft_model_state_dict(model, state, adapter_name=name)
+    logger.info("attached adapter %s from %s (%d tensors)", name, folder, len(state))
+    return model

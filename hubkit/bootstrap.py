@@ -1,0 +1,67 @@
+"""`hubkit bootstrap`: tiny random-weight models of every family (and demo adapters) in the local store."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from . import cards, hub, tiny
+from .tasks import get_task, list_tasks
+
+logger = logging.getLogger(__name__)
+NOTICE = (
+    "**Random weights.** This is a tiny, randomly initialised {what} with the same classes and file layout as "
+    "[{real}](https://huggingface.co/{real}). It exists so hubkit's tests and offline demos run without "
+    "downloads. Its predictions are meaningless."
+)
+
+
+def demo_adapter_repo(task: str, index: int) -> str:
+    return f"hubkit-tiny/{get_task(task).tiny_family}-demo-lora-{index}"
+
+
+def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapters_per_task: int = 2) -> dict:
+    """Push every tiny family as `hubkit-tiny/<family>` plus random demo adapters; return {repo: revision}."""
+    store = store or hub.LocalStore(hub.local_home())
+    pushed = {}
+    with tempfile.TemporaryDirectory(prefix="hubkit-bootstrap-") as tmp:
+        folders = {}
+        for family, spec in tiny.FAMILIES.items():
+            if store.exists(spec.repo_name) and not force:
+                folders[family] = store.pull(spec.repo_name)
+                continue
+            folder = tiny.build(family, Path(tmp) / family)
+            card = cards.model_card(
+                model_name=spec.repo_name.split("/")[1],
+                pipeline_tag=spec.pipeline_tag,
+                library_name="diffusers" if family == "diffusion" else "transformers",
+                tags=["hubkit-tiny", "random-weights", "tests"],
+                description=NOTICE.format(what="model", real=spec.real_repo_id),
+            )
+            card.save(folder / "README.md")
+            pushed[spec.repo_name] = store.push(folder, spec.repo_name, message="Tiny random-weight model").id
+            folders[family] = store.pull(spec.repo_name)
+        for task in list_tasks():
+            spec = get_task(task)
+            base_repo = tiny.FAMILIES[spec.tiny_family].repo_name
+            for index in range(adapters_per_task):
+                repo = demo_adapter_repo(task, index)
+                if store.exists(repo) and not force:
+                    continue
+                out = tiny.random_adapter(
+                    task, folders[spec.tiny_family], Path(tmp) / repo, seed=index, base_id=base_repo
+                )
+                card = cards.adapter_card(
+                    model_name=repo.split("/")[1],
+                    base_model=base_repo,
+                    pipeline_tag=spec.pipeline_tag,
+                    tags=["hubkit-tiny", "random-weights", task],
+                    repo_id=repo,
+                    task=task,
+                    notes=NOTICE.format(what="LoRA adapter", real=spec.default_base),
+                )
+                card.save(out / "README.md")
+                pushed[repo] = store.push(out, repo, message="Random demo adapter").id
+    logger.info("bootstrap pushed %d repos into %s", len(pushed), store.root)
+    return pushed

@@ -1,0 +1,118 @@
+"""`hubkit lora plan`: which modules LoRA adapts on a base, and the parameter counts, without weights.
+
+The architecture is built on the meta device from a config.json: bundled for the Hub ids the recipes
+use (hubkit/model_configs), else read from the local store or a folder. No download, no memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import hub
+from .adapters import lora_config, parameter_line, resolve_targets
+from .errors import ConfigError, RepoNotFoundError
+from .tasks import get_task
+
+BUNDLED = Path(__file__).resolve().parent / "model_configs"
+# The task whose LoRA preset applies, by the architecture a config names.
+ARCHITECTURE_TASKS = {
+    "DepthAnythingForDepthEstimation": "depth-estimation",
+    "DPTForDepthEstimation": "depth-estimation",
+    "SamModel": "mask-generation",
+    "BlipForConditionalGeneration": "image-to-text",
+    "GroundingDinoForObjectDetection": "zero-shot-object-detection",
+    "MistralForCausalLM": "label-extraction",
+    "ViTForImageClassification": "image-classification",
+    "Dinov2Model": "image-embedding",
+    "UNet2DConditionModel": "conditional-image-generation",
+}
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    base: str
+    task: str
+    architecture: str
+    targets: tuple[str, ...]
+    modules: tuple[str, ...]
+    r: int
+    alpha: int
+    trainable: int
+    total: int
+
+    @property
+    def line(self) -> str:
+        return parameter_line(self.trainable, self.total)
+
+
+def bundled_config_dir(repo_id: str) -> Path | None:
+    folder = BUNDLED / repo_id.replace("/", "--")
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "unet" / "config.json").is_file():
+        return folder / "unet"
+    return None
+
+
+def find_config(base: str) -> Path:
+    """A folder with the base's config.json: a path, a bundled config, or the store (local, then Hub)."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path / "unet" if (path / "unet" / "config.json").is_file() else path
+    bundled = bundled_config_dir(base)
+    if bundled:
+        return bundled
+    try:
+        folder = hub.pull(base, include=["config.json", "unet/config.json"])
+    except RepoNotFoundError as err:
+        known = ", ".join(sorted(p.name.replace("--", "/") for p in BUNDLED.iterdir() if p.is_dir()))
+        err.add_note(f"Offline plans are bundled for: {known}")
+        raise
+    return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+
+
+def build_on_meta(config_dir: Path) -> tuple[torch.nn.Module, str]:
+    raw = json.loads((config_dir / "config.json").read_text())
+    with torch.device("meta"):
+        if "_class_name" in raw:
+            import diffusers
+
+            cls = getattr(diffusers, raw["_class_name"])
+            return cls.from_config(cls.load_config(config_dir)), raw["_class_name"]
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(config_dir)
+        arch = (config.architectures or [None])[0]
+        if arch is None or not hasattr(transformers, arch):
+            raise ConfigError(f"{config_dir}/config.json names no architecture hubkit can build ({arch!r})")
+        return getattr(transformers, arch)(config), arch
+
+
+def plan(
+    base: str,
+    *,
+    preset: str | None = None,
+    r: int | None = None,
+    alpha: int | None = None,
+    targets: list[str] | None = None,
+) -> LoraPlan:
+    """Resolve the LoRA targets for `base` and count parameters as peft would."""
+    from peft import get_peft_model
+
+    model, arch = build_on_meta(find_config(base))
+    task_name = preset or ARCHITECTURE_TASKS.get(arch)
+    if task_name is None and not targets:
+        raise ConfigError(f"No LoRA preset for architecture {arch}: pass --preset TASK or --targets a,b")
+    spec = get_task(task_name) if task_name else None
+    wanted = tuple(targets or spec.preset.targets)
+    exclude = spec.preset.exclude if spec and not targets else None
+    r = r or (spec.preset.r if spec else 16)
+    alpha = alpha or (spec.preset.alpha if spec else 2 * r)
+    resolved, modules = resolve_targets(model, wanted, exclude=exclude)
+    peft_model = get_peft_model(model, lora_config(model, wanted, r=r, alpha=alpha, exclude=exclude))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return LoraPlan(base, task_name or "custom", arch, tuple(resolved), tuple(modules), r, alpha, trainable, total)

@@ -1,0 +1,35 @@
+"""The task registry: one module per model family. `get_task(name)` or `list_tasks()`."""
+
+from __future__ import annotations
+
+from ._base import (
+    TASKS,
+    LoadOptions,
+    LoraPreset,
+    Task,
+    check_safe_folder,
+    get_task,
+    pretrained_kwargs,
+    register_task,
+    to_pil,
+)
+
+
+def list_tasks() -> list[str]:
+    from . import _all  # noqa: F401
+
+    return sorted(TASKS)
+
+
+__all__ = [
+    "TASKS",
+    "LoadOptions",
+    "LoraPreset",
+    "Task",
+    "check_safe_folder",
+    "get_task",
+    "list_tasks",
+    "pretrained_kwargs",
+    "register_task",
+    "to_pil",
+]

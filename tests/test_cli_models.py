@@ -1,0 +1,56 @@
+"""`hubkit bootstrap` and `hubkit predict` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import run_cli
+from PIL import Image
+from skimage import data
+
+from hubkit import hub, tiny
+from hubkit.tasks import list_tasks
+
+
+def test_bootstrap_fills_the_store_offline_and_is_idempotent():
+    proc = run_cli("bootstrap", "--offline", check=True)
+    repos = {ref.repo_id for ref in hub.list_repos()}
+    assert {spec.repo_name for spec in tiny.FAMILIES.values()} <= repos
+    assert any(r.endswith("-demo-lora-0") for r in repos)
+    assert len(proc.stdout.strip().splitlines()) == len(repos)
+    card = run_cli("card", "hubkit-tiny/depth-anything", check=True).stdout
+    assert "random" in card.lower() or "hubkit-tiny" in card
+    again = run_cli("bootstrap", "--offline", check=True)
+    assert again.stdout.strip() == ""  # nothing new
+    assert len(list_tasks()) >= 1
+
+
+def test_predict_writes_outputs_and_reports_bad_inputs(tmp_path):
+    run_cli("bootstrap", "--offline", check=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(data.astronaut()).save(images / "astronaut.png")
+    Image.fromarray(data.camera()).save(images / "camera.png")  # greyscale
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "predict",
+        "depth-estimation",
+        str(images),
+        "--base",
+        "hubkit-tiny/depth-anything",
+        "--adapter",
+        "hubkit-tiny/depth-anything-demo-lora-0",
+        "--out",
+        str(out),
+        "--offline",
+    )
+    assert proc.returncode == 1 and "broken.png" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    depth = np.load(out / "astronaut.depth.npy")
+    assert depth.shape == (512, 512) and np.isfinite(depth).all()
+    png = np.asarray(Image.open(out / "camera.depth.png"))
+    assert png.dtype == np.uint16 and png.shape == data.camera().shape
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sum("error" in r for r in records) == 1 and sum("outputs" in r for r in records) == 2
