@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 7860
 
-.PHONY: install serve test lint format bench
+.PHONY: install serve test test-xla lint format bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ serve: install
 	$(BIN)/hubkit serve --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not xla"
+
+# The TPU path on the CPU: torch_xla pins its own torch, so it gets an environment outside the clone.
+test-xla: install
+	HUBKIT_XLA_ENV="$$(bash scripts/xla_env.sh)" $(BIN)/python -m pytest -q -m xla
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

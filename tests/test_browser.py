@@ -1,0 +1,111 @@
+"""`hubkit serve` in a real (headless) Chromium: landing page -> depth Space -> upload -> Run -> two depth maps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_space_depth import free_port, store_template
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EXAMPLE = Path(__file__).resolve().parent.parent / "spaces" / "depth" / "examples" / "astronaut.png"
+
+pytestmark = pytest.mark.browser
+
+
+def _need_chromium() -> None:
+    if CHROMIUM.is_file():
+        return
+    reason = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); .ci/run does"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def server(tmp_path_factory, isolated_home, tmp_path):
+    """`hubkit serve` on a free port over a bootstrapped store; killed at the end."""
+    shutil.copytree(store_template(tmp_path_factory), isolated_home, ignore=shutil.ignore_patterns(".complete"))
+    port = free_port()
+    env = {**os.environ, "HUBKIT_HOME": str(isolated_home), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(tmp_path / "serve.log", "w+b")  # noqa: SIM115  (closed below, after the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubkit", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"hubkit serve exited with {proc.returncode}:\n{log.read().decode()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("hubkit serve did not answer within 60 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_depth_space_in_chromium(server, tmp_path):
+    _need_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            landing = browser.new_page()
+            landing.set_default_timeout(30_000)
+            landing.goto(server)
+            with landing.expect_popup() as popup:  # gradio Markdown opens links in a new tab (target=_blank)
+                landing.get_by_role("link", name="hubkit depth").click()
+            page = popup.value
+            page.set_default_timeout(30_000)
+            page.set_viewport_size({"width": 1400, "height": 1000})
+            page.wait_for_url("**/spaces/depth/")
+            sync_api.expect(page.get_by_label("Base model")).to_have_value("hubkit-tiny/depth-anything")
+
+            page.locator("#depth-upload input[type=file]").set_input_files(str(EXAMPLE))
+            page.get_by_role("button", name="Run", exact=True).click()
+            for elem_id in ("depth-base", "depth-adapted"):
+                image = page.locator(f"#{elem_id} img")
+                image.wait_for(state="visible")
+                page.wait_for_function(
+                    "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle(), timeout=30_000
+                )
+                assert image.get_attribute("src")
+                assert image.evaluate("(el) => el.naturalWidth") == 256  # the example's width, legend below
+            sync_api.expect(page.get_by_text("Adapted: hubkit-tiny/depth-anything-demo-lora-0")).to_be_visible()
+            # Downloads: 16-bit PNG + .npy for the base and for the adapter (no .ply without intrinsics).
+            sync_api.expect(page.locator("a[href$='.depth16.png']")).to_have_count(2)
+            sync_api.expect(page.locator("a[href$='.depth.npy']")).to_have_count(2)
+            page.screenshot(path=str(tmp_path / "depth-space.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "depth-space.png").stat().st_size > 10_000

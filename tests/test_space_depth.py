@@ -1,0 +1,220 @@
+"""The depth Space: DepthDemo on real images with tiny models, then the Gradio app over HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from hubkit import hub, spaces_support, viz
+from hubkit.bootstrap import bootstrap, demo_adapter_repo
+from hubkit.errors import InvalidImageError
+from hubkit.spaces_support import DepthDemo
+
+TASK = "depth-estimation"
+TINY_BASE = "hubkit-tiny/depth-anything"
+LORA0, LORA1 = demo_adapter_repo(TASK, 0), demo_adapter_repo(TASK, 1)
+
+
+def store_template(tmp_path_factory) -> Path:
+    """A bootstrapped store built once per test session; tests copy it into their own HUBKIT_HOME."""
+    root = tmp_path_factory.getbasetemp() / "bootstrapped-store"
+    if not (root / ".complete").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        bootstrap(hub.LocalStore(root))
+        (root / ".complete").touch()
+    return root
+
+
+@pytest.fixture
+def store(tmp_path_factory, isolated_home):
+    """This test's HUBKIT_HOME, filled with hard links to the template (store files are replaced, never edited)."""
+    template = store_template(tmp_path_factory)
+    shutil.copytree(template, isolated_home, ignore=shutil.ignore_patterns(".complete"), copy_function=os.link)
+    return isolated_home
+
+
+@pytest.fixture(scope="module")
+def shared_demo():
+    """One DepthDemo for the input-format tests: the base loads in the first of them (model loads cost seconds)."""
+    return DepthDemo(device="cpu")
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    """Real photos from scikit-image in the formats people upload: RGB, greyscale, 16-bit, RGBA."""
+    paths = {name: tmp_path / f"{name}.png" for name in ("astronaut", "camera", "sixteen_bit", "rgba")}
+    Image.fromarray(data.astronaut()[::4, ::4]).save(paths["astronaut"])
+    Image.fromarray(data.camera()[::4, ::4]).save(paths["camera"])  # mode L
+    Image.fromarray((data.coins().astype(np.uint16) * 257)[::3, ::3]).save(paths["sixteen_bit"])  # mode I;16
+    coffee = data.coffee()[::4, ::4]
+    alpha = np.full(coffee.shape[:2], 255, np.uint8)
+    alpha[:, : coffee.shape[1] // 3] = 0
+    Image.fromarray(np.dstack([coffee, alpha])).save(paths["rgba"])
+    return paths
+
+
+def huge_png(path: Path, width: int = 10_000, height: int = 6_000) -> Path:
+    """A PNG whose header claims width x height pixels (no pixel data: the size check must come first)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "sixteen_bit", "rgba"])
+def test_run_returns_both_maps_and_files(store, images, shared_demo, name):
+    path = images[name]
+    with Image.open(path) as img:
+        width, height = img.size
+    demo = shared_demo
+    result = demo.run(path, TINY_BASE, [LORA0], intrinsics=(200.0, 200.0, None, None))
+    for key in ("base", "adapted"):
+        picture = result[key]
+        assert (
+            picture.dtype == np.uint8 and picture.shape[1] == max(width, 160) and picture.shape[0] > height
+        )  # + legend (>= 160 px)
+    assert result["unit"] == "relative" and result["adapted_id"] == LORA0
+    with Image.open(result["png16"]) as png:
+        assert png.size == (width, height) and png.mode in ("I;16", "I")
+        assert np.asarray(png).max() == 65535  # relative depth stretched to the full 16-bit range
+    assert np.load(result["npy"]).shape == (height, width)
+    xyz, colours = viz.read_ply(result["ply"])
+    assert xyz.shape == (width * height, 3) and np.isfinite(xyz).all() and colours.dtype == np.uint8
+    assert {p.suffix for p in result["files"]} == {".png", ".npy", ".ply"} and len(result["files"]) == 6
+    assert all(Path(p).is_file() for p in result["files"])
+    assert "relative" in demo.summary(result)
+
+
+def test_adapters_change_the_map_without_reloading_the_base(store, images, monkeypatch):
+    loads = []
+    real_load = spaces_support.load
+    monkeypatch.setattr(spaces_support, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    demo = DepthDemo(device="cpu")
+    assert loads == []  # nothing loads before the first request
+    path = images["astronaut"]
+
+    base_only = demo.run(path, TINY_BASE, [])
+    predictor = demo.predictor(TINY_BASE)
+    assert base_only["adapted"] is None and base_only["ply"] is None
+    first = demo.run(path, TINY_BASE, [LORA0])
+    backbone = predictor.model.get_base_model()
+    second = demo.run(path, TINY_BASE, [LORA1, LORA0])
+
+    assert len(loads) == 1 and demo.predictor(TINY_BASE) is predictor
+    assert predictor.model.get_base_model() is backbone  # same weights object: the base was never reloaded
+    assert len(predictor.adapters) == 2  # each adapter attached once, then switched with set_adapter
+    base_depth = np.load(base_only["npy"])
+    lora0 = np.load(first["npy"])
+    lora1 = np.load(second["npy"])  # the first adapter listed gives the headline outputs
+    lora0_again = np.load(next(p for p in second["files"] if p.name == f"{LORA0.replace('/', '--')}.depth.npy"))
+    assert np.array_equal(np.load(first["files"][1]), base_depth)  # the base output is the same beside an adapter
+    assert not np.allclose(lora0, base_depth, rtol=1e-3, atol=0) and not np.allclose(lora1, lora0, rtol=1e-3, atol=0)
+    assert np.array_equal(lora0_again, lora0)  # switching away and back gives the same map
+    assert not np.array_equal(first["adapted"], first["base"])
+    assert set(second["adapters"]) == {LORA0, LORA1} and second["adapted_id"] == LORA1
+
+
+def test_bad_inputs_raise_invalid_image_error(store, tmp_path):
+    demo = DepthDemo(device="cpu")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    cases = {
+        text: "not an image",
+        empty: "empty file",
+        huge_png(tmp_path / "huge.png"): "60 MP",
+        None: "No image",
+        tmp_path / "missing.png": "No such file",
+    }
+    for image, message in cases.items():
+        with pytest.raises(InvalidImageError, match=message) as err:
+            demo.run(image, TINY_BASE, [])
+        assert "upload" in str(err.value).lower()  # says what to do
+    with pytest.raises(InvalidImageError, match="empty"):
+        demo.run(np.zeros((0, 5, 3), np.uint8), TINY_BASE, [])
+    assert demo._predictors == {}  # inputs are checked before any model loads
+
+
+def test_menus_come_from_the_store(store, monkeypatch):
+    assert spaces_support.default_base(TASK) == TINY_BASE  # offline, the real base is not in the store
+    bases = spaces_support.available_bases(TASK)
+    assert bases[0] == TINY_BASE and "hubkit-tiny/dpt" in bases
+    assert not any("lora" in b for b in bases) and "hubkit-tiny/vit" not in bases
+    assert spaces_support.available_adapters(TASK, TINY_BASE) == [LORA0, LORA1]
+    assert spaces_support.available_adapters(TASK, "hubkit-tiny/dpt") == []  # adapters are per base
+    monkeypatch.setenv("HUBKIT_DEPTH_BASE", "me/my-depth")
+    assert DepthDemo().default_base() == "me/my-depth" and DepthDemo().available_bases()[0] == "me/my-depth"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_app(monkeypatch):
+    from hubkit import serve
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    (space,) = [s for s in serve.discover_spaces() if s.name == "depth"]
+    return space, serve.load_space_demo(space)
+
+
+def test_app_builds_without_loading_models(store, monkeypatch):
+    import gradio as gr
+
+    loads = []
+    monkeypatch.setattr(spaces_support, "load", lambda *a, **k: loads.append(a))
+    space, demo = load_app(monkeypatch)
+    assert isinstance(demo, gr.Blocks) and loads == []
+    assert space.title == "hubkit depth"
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert None not in names and {"predict", "menus", "refresh", "adapters", "preview"} <= names
+
+
+def test_app_over_http(store, images, monkeypatch, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    _, demo = load_app(monkeypatch)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path / "dl"))
+        base_menu, adapter_menu = client.predict(api_name="/menus")
+        assert base_menu["value"] == TINY_BASE
+        assert [c[0] for c in adapter_menu["choices"]] == [LORA0, LORA1]
+
+        def predict(path, adapters=(LORA0,)):
+            return client.predict(handle_file(str(path)), TINY_BASE, list(adapters), 150, None, None, None,
+                                  api_name="/predict")  # fmt: skip
+
+        base_img, adapted, others, files, info = predict(images["camera"])
+        assert adapted["label"] == f"Adapted: {LORA0}" and others["visible"] is False
+        with Image.open(base_img) as a, Image.open(adapted["value"]) as b:
+            assert a.size == b.size and a.size[0] == 160  # 128 px photo, legend 160 px wide and np.asarray(a).std() > 0
+            assert not np.array_equal(np.asarray(a), np.asarray(b))
+        assert sorted(Path(f).suffix for f in files) == [".npy", ".npy", ".ply", ".ply", ".png", ".png"]
+        assert "relative" in info
+
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"\x89PNG but not really")
+        with pytest.raises(AppError, match="not an image this demo can read"):
+            predict(bad)
+        _, adapted, _, files, _ = predict(images["rgba"], adapters=(LORA1, LORA0))  # the server still serves
+        assert adapted["label"] == f"Adapted: {LORA1}" and len(files) == 9
+    finally:
+        demo.close()

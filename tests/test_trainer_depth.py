@@ -1,0 +1,169 @@
+"""The depth LoRA recipe end to end on real stereo data from scikit-image (motorcycle, Middlebury)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, same
+from safetensors.torch import load_file
+
+import hubkit
+from hubkit import tiny
+from hubkit.data.synthetic import make_motorcycle_zivid
+from hubkit.training import build_config, train
+from hubkit.training.depth import depth_setup, evaluate
+
+sys.path.insert(0, str(ROOT / "trainers"))
+from depth_lora import DepthLoraConfig  # noqa: E402
+
+TRAINER = ROOT / "trainers" / "depth_lora.py"
+RECIPE = ROOT / "trainers" / "configs" / "depth_zivid.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_motorcycle_zivid(tmp_path_factory.mktemp("zivid") / "motorcycle", crops=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return tiny.build("depth-anything", tmp_path_factory.mktemp("base") / "depth-anything")
+
+
+def quick(base_dir, data_dir, out, **overrides):
+    values = dict(
+        base=str(base_dir),
+        data=str(data_dir),
+        output_dir=str(out),
+        input_size=56,
+        batch_size=4,
+        epochs=1,
+        max_steps=12,
+        learning_rate=3e-3,
+        lora_r=8,
+        lora_alpha=16,
+        loss="ssi",
+        report_to="none",
+        warmup_steps=0,
+        lr_schedule="constant",
+        val_fraction=0.25,
+        log_every=1,
+        augment=False,
+    )
+    values.update(overrides)
+    return {k: str(v) for k, v in values.items()}
+
+
+def launch(args: dict, *, processes: int = 1, env: dict | None = None, background: bool = False):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if processes > 1:
+        cmd += ["--multi_gpu", "--num_processes", str(processes)]
+    else:
+        cmd += ["--num_processes", "1"]
+    cmd += ["--num_machines", "1", "--mixed_precision", args.get("mixed_precision", "no"), "--dynamo_backend", "no"]
+    cmd += [str(TRAINER), "--config", str(RECIPE)]
+    for key, value in args.items():
+        cmd += [f"--{key}", value]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if background:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def losses(out: Path) -> list[float]:
+    state = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[-1]
+    return [loss for _, loss in json.loads((state / "trainer_state.json").read_text())["losses"]]
+
+
+def test_training_lowers_loss_and_improves_abs_rel(base_dir, data_dir, tmp_path):
+    run = quick(base_dir, data_dir, tmp_path / "run", max_steps=40, loss="masked_mse", learning_rate=1e-2)
+    config = build_config(DepthLoraConfig, run)
+    setup = depth_setup(config)
+    loader = torch.utils.data.DataLoader(setup.eval_dataset, batch_size=4)
+    before = evaluate(setup.load_base(), loader)
+    result = train(config, setup)
+    curve = [loss for _, loss in result.losses]
+    assert len(curve) == 40
+    assert np.mean(curve[-8:]) < 0.85 * np.mean(curve[:8]), curve
+    assert result.metrics["abs_rel"] < before["abs_rel"], (before, result.metrics)
+    assert set(result.metrics) >= {"d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"}
+    card = hubkit.cards.read_card(result.adapter_dir)
+    assert {r.metric_type for r in card.data.eval_results} >= {"abs_rel", "d1"}
+    assert card.data.base_model == str(base_dir) and card.data.library_name == "peft"
+    assert "training_config.yaml" in {p.name for p in result.adapter_dir.iterdir()}
+
+
+def test_ddp_two_processes_matches_single_process(base_dir, data_dir, tmp_path):
+    single = quick(base_dir, data_dir, tmp_path / "one", batch_size=4, max_steps=6, lora_dropout=0.0)
+    double = quick(base_dir, data_dir, tmp_path / "two", batch_size=2, max_steps=6, lora_dropout=0.0)
+    launch(single)
+    launch(double, processes=2)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    np.testing.assert_allclose(two, one, rtol=2e-2)  # same global batch: the same curve, up to float order
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    diff = torch.cat([(b[k] - a[k]).flatten() for k in a]).norm() / torch.cat([a[k].flatten() for k in a]).norm()
+    assert diff < 0.05, f"adapters differ by {diff:.3%}"
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_kill_9_then_resume_reaches_the_same_adapter(base_dir, data_dir, tmp_path, precision):
+    common = dict(max_steps=12, mixed_precision=precision, input_size=112, augment=True)
+    args = quick(base_dir, data_dir, tmp_path / "x", checkpoint_every=3, **common)
+    reference = quick(base_dir, data_dir, tmp_path / "ref", **common)
+    launch(reference)
+    proc = launch(args, background=True)
+    ckpt = tmp_path / "x" / "checkpoints" / "checkpoint-3"
+    deadline = time.monotonic() + 300
+    while not (ckpt / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "x" / "adapter").exists()
+    launch({**args, "resume": "latest"})
+    assert losses(tmp_path / "x") == pytest.approx(losses(tmp_path / "ref"), rel=1e-4)
+    a = load_file(tmp_path / "ref" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "x" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-7) for k in a)
+
+
+def test_push_then_pull_gives_the_same_predictions(base_dir, data_dir, tmp_path):
+    hubkit.push(base_dir, "hubkit-tiny/depth-anything")
+    summary = launch(
+        quick("hubkit-tiny/depth-anything", data_dir, tmp_path / "run", max_steps=4, push_to_hub="me/depth-lora")
+    )
+    assert summary["pushed"] == "me/depth-lora" and len(summary["revision"]) == 40
+    card = hubkit.cards.card_summary(hubkit.cards.read_card(hubkit.pull("me/depth-lora")))
+    assert card["eval_results"] and card["base_model"] == "hubkit-tiny/depth-anything"
+    image = np.asarray(__import__("skimage").data.stereo_motorcycle()[0])[::8, ::8]
+    local = hubkit.load("depth-estimation", "hubkit-tiny/depth-anything", adapters=[tmp_path / "run" / "adapter"])
+    pulled = hubkit.load("depth-estimation", "hubkit-tiny/depth-anything", adapters=["me/depth-lora"])
+    assert same(pulled.predict(image).depth, local.predict(image).depth, rtol=1e-6)
+    assert not same(pulled.predict(image, adapter="base").depth, local.predict(image).depth)
+
+
+def test_bad_config_values_are_clear(base_dir, data_dir, tmp_path):
+    from hubkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora_r"):
+        build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, lora_r=0))
+    with pytest.raises(ConfigError, match="Unknown config key"):
+        build_config(DepthLoraConfig, {"learning_rat": "1"})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        build_config(DepthLoraConfig, {"learning_rate": "fast"})
+    with pytest.raises(ConfigError, match="loss"):
+        depth_setup(build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, loss="l7")))

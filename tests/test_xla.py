@@ -1,0 +1,48 @@
+"""The TPU path: the depth trainer under torch_xla on the CPU (PJRT_DEVICE=CPU).
+
+torch_xla pins its own torch, so this runs in a separate environment that `make test-xla` creates
+outside the clone (scripts/xla_env.sh) and names in HUBKIT_XLA_ENV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.xla
+
+
+@pytest.fixture
+def xla_python():
+    env_dir = os.environ.get("HUBKIT_XLA_ENV")
+    if not env_dir or not (Path(env_dir) / "bin" / "python").is_file():
+        pytest.skip("HUBKIT_XLA_ENV is not set: run `make test-xla`, which creates the torch_xla environment")
+    return Path(env_dir) / "bin"
+
+
+def test_depth_trainer_runs_on_xla(xla_python, tmp_path):
+    from hubkit import hub, tiny
+    from hubkit.data.synthetic import make_motorcycle_zivid
+
+    data = make_motorcycle_zivid(tmp_path / "data", crops=8, seed=0)
+    base = tiny.build("depth-anything", tmp_path / "base")
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    cmd = [str(xla_python / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "trainers" / "depth_lora.py")]
+    cmd += ["--config", str(ROOT / "trainers" / "configs" / "depth_zivid.yaml"), "--data", str(data)]
+    cmd += ["--base", str(base), "--input_size", "56", "--max_steps", "4", "--batch_size", "2"]
+    cmd += ["--checkpoint_every", "2", "--report_to", "none", "--output_dir", str(tmp_path / "out")]
+    cmd += ["--push-to-hub", "me/xla-depth"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DistributedType.XLA" in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and 0 < summary["metrics"]["abs_rel"] < 10
+    pulled = hub.pull("me/xla-depth")
+    assert (pulled / "adapter_model.safetensors").is_file() and (pulled / "README.md").is_file()
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
