@@ -87,7 +87,15 @@ def losses(out: Path) -> list[float]:
 
 
 def test_training_lowers_loss_and_improves_abs_rel(base_dir, data_dir, tmp_path):
-    run = quick(base_dir, data_dir, tmp_path / "run", max_steps=40, loss="masked_mse", learning_rate=1e-2)
+    run = quick(
+        base_dir,
+        data_dir,
+        tmp_path / "run",
+        max_steps=40,
+        loss="masked_mse",
+        learning_rate=1e-2,
+        report_to="tensorboard",
+    )
     config = build_config(DepthLoraConfig, run)
     setup = depth_setup(config)
     loader = torch.utils.data.DataLoader(setup.eval_dataset, batch_size=4)
@@ -102,6 +110,12 @@ def test_training_lowers_loss_and_improves_abs_rel(base_dir, data_dir, tmp_path)
     assert {r.metric_type for r in card.data.eval_results} >= {"abs_rel", "d1"}
     assert card.data.base_model == str(base_dir) and card.data.library_name == "peft"
     assert "training_config.yaml" in {p.name for p in result.adapter_dir.iterdir()}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = EventAccumulator(str(next((tmp_path / "run" / "logs").rglob("events.out.tfevents.*")).parent))
+    logs.Reload()
+    assert {"train/loss", "eval/abs_rel"} <= set(logs.Tags()["scalars"])
+    assert "eval/depth_pred_vs_truth" in " ".join(logs.Tags()["images"])
 
 
 def test_ddp_two_processes_matches_single_process(base_dir, data_dir, tmp_path):

@@ -34,6 +34,8 @@ class DepthLoraConfig(TrainConfig):
 
 def main(config: DepthLoraConfig) -> None:
     result = train(config, depth_setup(config))
+    if not result.is_main_process:
+        return
     summary = {"adapter": str(result.adapter_dir), "steps": result.global_step, "metrics": result.metrics}
     if result.pushed_revision:
         summary.update(pushed=config.push_to_hub, revision=result.pushed_revision)

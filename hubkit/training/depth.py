@@ -73,6 +73,25 @@ def evaluate(model, loader) -> dict[str, float]:
     return acc.compute()
 
 
+@torch.no_grad()
+def eval_images(model, loader, *, count: int = 4) -> dict:
+    """Colourised predictions beside the ground truth for the first validation samples (for TensorBoard)."""
+    import numpy as np
+
+    from ..viz import colorize_depth
+
+    task = get_task(TASK)
+    device = next(model.parameters()).device
+    batch = next(iter(loader))
+    pred = task.forward(model, batch["pixel_values"][:count].to(device)).float().cpu().numpy()
+    rows = []
+    for p, depth_mm, valid in zip(pred, batch["depth"].numpy(), batch["valid"].numpy(), strict=False):
+        predicted, _ = colorize_depth(p, relative=is_relative(model))
+        truth, _ = colorize_depth(np.where(valid, depth_mm, np.nan), valid=valid, relative=False)
+        rows.append(np.concatenate([predicted, truth], axis=1))
+    return {"eval/depth_pred_vs_truth": np.stack(rows)}
+
+
 def data_fingerprint(samples) -> str:
     """A content hash of the data set files, recorded in the card."""
     digest = hashlib.sha256()
@@ -107,6 +126,7 @@ def depth_setup(config) -> TrainingSetup:
         eval_dataset=val_ds,
         loss_fn=make_loss(config.loss, config.silog_lambda, relative=relative),
         evaluate_fn=evaluate,
+        eval_images_fn=eval_images,
         dataset_name=Path(config.data).name,
         dataset_type="zivid-rgb-xyz",
         dataset_revision=data_fingerprint(report.samples),

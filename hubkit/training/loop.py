@@ -57,6 +57,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     pushed_revision: str | None = None
+    is_main_process: bool = True  # under DDP only the main process holds the metrics and the pushed revision
 
 
 def _mixed_precision(value: str) -> str:
@@ -183,7 +184,9 @@ def train(config, setup: TrainingSetup) -> TrainResult:
             f"batch_size {config.batch_size} is larger than the training split ({len(setup.train_dataset)})"
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The fused kernel (CPU and CUDA) is what transformers' Trainer defaults to; XLA has none.
+    fused = accelerator.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -222,7 +225,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
             unwrapped.train()
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state["global_step"])
             if images and "tensorboard" in _trackers(config.report_to):
-                accelerator.get_tracker("tensorboard").log_images(images, step=state["global_step"])
+                accelerator.get_tracker("tensorboard").log_images(images, step=state["global_step"], dataformats="NHWC")
             logger.info("step %d eval %s", state["global_step"], metrics)
         accelerator.wait_for_everyone()
         return metrics
@@ -302,6 +305,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         losses=[tuple(x) for x in state["losses"]],
         trainable_params=trainable,
         total_params=total,
+        is_main_process=accelerator.is_main_process,
     )
     if accelerator.is_main_process:
         _write_adapter(config, setup, accelerator.unwrap_model(model), result, eval_loader)
