@@ -137,6 +137,7 @@ def _build_depth_anything(out: Path) -> None:
         fusion_hidden_size=16,
         head_hidden_size=8,
         depth_estimation_type="relative",
+        initializer_range=0.2,  # 0.02 shrinks a head this narrow to ~1e-8 outputs; 0.2 gives the real model's O(1-10)
     )
     DepthAnythingForDepthEstimation(config).save_pretrained(out)
     # Depth-Anything-V2 preprocessing (518 there): keep the aspect ratio, both sides a multiple of the patch size
