@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,13 @@ def _register(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="load .bin/.pth weights with weights_only=True")
 
 
+def _quiet_model_loading() -> None:
+    """Per-file "Loading weights" bars from transformers drown these commands' own output."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def _serve(args) -> None:
+    _quiet_model_loading()
     from . import hub
     from .serve import serve
 
@@ -64,6 +71,7 @@ def _serve(args) -> None:
 
 
 def _bootstrap(args) -> None:
+    _quiet_model_loading()
     from . import hub
     from .bootstrap import bootstrap
 
@@ -114,6 +122,7 @@ def _images(inputs: list[str]) -> list[Path]:
 
 
 def _predict(args) -> int:
+    _quiet_model_loading()
     from .predictor import load
 
     predictor = load(

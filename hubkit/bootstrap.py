@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from . import cards, hub, tiny
+from .data.synthetic import make_motorcycle_zivid
 from .tasks import get_task, list_tasks
 
 logger = logging.getLogger(__name__)
@@ -14,6 +15,16 @@ NOTICE = (
     "**Random weights.** This is a tiny, randomly initialised {what} with the same classes and file layout as "
     "[{real}](https://huggingface.co/{real}). It exists so hubkit's tests and offline demos run without "
     "downloads. Its predictions are meaningless."
+)
+
+
+SAMPLE_DEPTH_DATA = "hubkit-tiny/motorcycle-zivid"
+SAMPLE_DATA_NOTE = (
+    "Real stereo data, small: random crops of the Middlebury 2014 Motorcycle scene as shipped by scikit-image "
+    "(`skimage.data.stereo_motorcycle`), with the disparity converted to metric depth (Z = f * B / (d + doffs), "
+    "f = 994.978 px, B = 193.001 mm, doffs = 31.086 px at scikit-image's resolution) and written in the Zivid "
+    "layout: `images/*.png` and `depth/*.npy` (H x W x 3 XYZ in mm, NaN where invalid). For trying the depth "
+    "recipe offline."
 )
 
 
@@ -63,5 +74,19 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
                 )
                 card.save(out / "README.md")
                 pushed[repo] = store.push(out, repo, message="Random demo adapter").id
+        if force or not store.exists(SAMPLE_DEPTH_DATA, repo_type="dataset"):
+            folder = make_motorcycle_zivid(Path(tmp) / "motorcycle-zivid", crops=16, seed=0)
+            cards.dataset_card(
+                pretty_name="Motorcycle stereo depth in Zivid format",
+                license="other",
+                task_categories=["depth-estimation"],
+                tags=["zivid", "depth", "hubkit-tiny"],
+                description=SAMPLE_DATA_NOTE,
+                num_samples=len(list((folder / "images").glob("*.png"))),
+                source="scikit-image data.stereo_motorcycle (Middlebury 2014 Motorcycle)",
+            ).save(folder / "README.md")
+            pushed[SAMPLE_DEPTH_DATA] = store.push(
+                folder, SAMPLE_DEPTH_DATA, repo_type="dataset", message="Sample Zivid-format depth data"
+            ).id
     logger.info("bootstrap pushed %d repos into %s", len(pushed), store.root)
     return pushed

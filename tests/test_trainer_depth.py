@@ -151,12 +151,14 @@ def test_kill_9_then_resume_reaches_the_same_adapter(base_dir, data_dir, tmp_pat
 
 def test_push_then_pull_gives_the_same_predictions(base_dir, data_dir, tmp_path):
     hubkit.push(base_dir, "hubkit-tiny/depth-anything")
+    hubkit.push(data_dir, "me/zivid", repo_type="dataset")  # --data may name a dataset repo in the store
     summary = launch(
-        quick("hubkit-tiny/depth-anything", data_dir, tmp_path / "run", max_steps=4, push_to_hub="me/depth-lora")
+        quick("hubkit-tiny/depth-anything", "me/zivid", tmp_path / "run", max_steps=4, push_to_hub="me/depth-lora")
     )
     assert summary["pushed"] == "me/depth-lora" and len(summary["revision"]) == 40
     card = hubkit.cards.card_summary(hubkit.cards.read_card(hubkit.pull("me/depth-lora")))
     assert card["eval_results"] and card["base_model"] == "hubkit-tiny/depth-anything"
+    assert card["datasets"] == ["me/zivid"]
     image = np.asarray(__import__("skimage").data.stereo_motorcycle()[0])[::8, ::8]
     local = hubkit.load("depth-estimation", "hubkit-tiny/depth-anything", adapters=[tmp_path / "run" / "adapter"])
     pulled = hubkit.load("depth-estimation", "hubkit-tiny/depth-anything", adapters=["me/depth-lora"])

@@ -6,8 +6,9 @@
     accelerate launch --multi_gpu --num_processes 2 trainers/depth_lora.py --config ... --batch_size 2
         # DDP: NCCL on GPUs; on a CPU-only machine the same command runs 2 processes over gloo
     accelerate launch trainers/depth_lora.py --config ... --resume latest                  # after a crash
-    # offline, on the tiny model `hubkit bootstrap` puts in the local store:
-    accelerate launch trainers/depth_lora.py --config ... --data DIR --base hubkit-tiny/depth-anything --input_size 56
+    # offline, on the tiny model and sample data set `hubkit bootstrap` puts in the local store:
+    accelerate launch trainers/depth_lora.py --config ... --data hubkit-tiny/motorcycle-zivid \
+        --base hubkit-tiny/depth-anything
 
 Any field below can be set in the YAML recipe and overridden with --field value.
 """

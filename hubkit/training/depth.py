@@ -108,7 +108,8 @@ def depth_setup(config) -> TrainingSetup:
         raise ConfigError("data is required: a Zivid-format folder with images/ and depth/")
     task = get_task(TASK)
     folder = hub.resolve(config.base)
-    report = scan_zivid(config.data)
+    data_dir = hub.resolve(config.data, repo_type="dataset")  # a folder, or a dataset repo in the store
+    report = scan_zivid(data_dir)
     train_samples, val_samples = split(report.samples, val_fraction=config.val_fraction, seed=config.seed)
     logger.info("%s; %d train / %d val", report.summary(), len(train_samples), len(val_samples))
     train_ds = ZividDepthDataset(train_samples, size=config.input_size, augment=config.augment, seed=config.seed)
@@ -127,7 +128,7 @@ def depth_setup(config) -> TrainingSetup:
         loss_fn=make_loss(config.loss, config.silog_lambda, relative=relative),
         evaluate_fn=evaluate,
         eval_images_fn=eval_images,
-        dataset_name=Path(config.data).name,
+        dataset_name=Path(config.data).name if Path(config.data).is_dir() else config.data,
         dataset_type="zivid-rgb-xyz",
         dataset_revision=data_fingerprint(report.samples),
         card_notes=(
