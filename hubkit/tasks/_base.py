@@ -51,9 +51,15 @@ class Task:
     # Extra predict() arguments a task needs beyond images (e.g. labels to detect); used by tests and the CLI.
     example_kwargs: ClassVar[dict] = {}
 
+    # The transformers auto class that reads the folder's processor files.
+    processor_loader: ClassVar[str] = "AutoProcessor"
+
     def load(self, folder: Path, options: LoadOptions) -> tuple[Any, Any]:
-        """Return (model, processor) from a local folder."""
-        raise NotImplementedError
+        """Return (model, processor) from a local folder; tasks with more parts override this."""
+        import transformers
+
+        model = self.model_class(folder).from_pretrained(folder, **pretrained_kwargs(options))
+        return model, getattr(transformers, self.processor_loader).from_pretrained(folder)
 
     def model_class(self, folder: Path | None = None):
         """The transformers / diffusers class the weights load into (used to build from a config)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoraPreset, Task, register_task
 
 
 @dataclass
@@ -32,12 +32,6 @@ class ImageCaptioning(Task):
         from transformers import BlipForConditionalGeneration
 
         return BlipForConditionalGeneration
-
-    def load(self, folder: Path, options: LoadOptions):
-        from transformers import AutoProcessor
-
-        model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
-        return model, AutoProcessor.from_pretrained(folder)
 
     def predict(
         self,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoraPreset, Task, register_task
 
 
 @dataclass
@@ -38,12 +38,7 @@ class ImageClassification(Task):
 
         return AutoModelForImageClassification
 
-    def load(self, folder: Path, options: LoadOptions):
-        from transformers import AutoImageProcessor
-
-        model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
-        processor = AutoImageProcessor.from_pretrained(folder)
-        return model, processor
+    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_labels); the training loop uses this too."""

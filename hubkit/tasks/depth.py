@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoraPreset, Task, register_task
 
 
 @dataclass
@@ -37,12 +37,7 @@ class DepthEstimation(Task):
 
         return AutoModelForDepthEstimation
 
-    def load(self, folder: Path, options: LoadOptions):
-        from transformers import AutoImageProcessor
-
-        model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
-        processor = AutoImageProcessor.from_pretrained(folder)
-        return model, processor
+    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Predicted depth (B, h, w) at the network's resolution; the training loop uses this too."""

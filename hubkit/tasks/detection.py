@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoraPreset, Task, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,6 @@ class ZeroShotDetection(Task):
 
     def model_class(self, folder: Path | None = None):
         return _grounding_dino_class()
-
-    def load(self, folder: Path, options: LoadOptions):
-        from transformers import AutoProcessor
-
-        model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
-        return model, AutoProcessor.from_pretrained(folder)
 
     def predict(
         self,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoraPreset, Task, register_task
 
 POOLINGS = ("cls", "mean")
 
@@ -41,12 +41,7 @@ class ImageEmbedding(Task):
 
         return AutoModel
 
-    def load(self, folder: Path, options: LoadOptions):
-        from transformers import AutoImageProcessor
-
-        model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
-        processor = AutoImageProcessor.from_pretrained(folder)
-        return model, processor
+    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
         """Pooled (B, D) features before normalisation; the training loop uses this too."""
