@@ -7,7 +7,17 @@ from importlib.metadata import PackageNotFoundError, version
 from . import errors
 from .errors import HubkitError
 from .hub import get_store, list_repos, list_revisions, pull, push, resolve, sync
-from .predictor import Predictor, load
+
+_LAZY = {"load": "predictor", "Predictor": "predictor"}  # torch and the model stack load on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hubkit' has no attribute {name!r}")
+
 
 try:
     __version__ = version("hubkit")

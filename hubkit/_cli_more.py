@@ -21,6 +21,7 @@ def _register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--hub", default=None)
     p.add_argument("--offline", action="store_true")
+    p.add_argument("--no-bootstrap", action="store_true", help="do not add the tiny offline models to the store")
 
     p = sub.add_parser("bootstrap", help="write tiny random-weight models of every family into the local store")
     p.add_argument("--hub", default=None, help="local store to fill (default: the local store)")
@@ -62,11 +63,13 @@ def _serve(args) -> None:
     from .serve import serve
 
     store = hub.get_store(args.hub)
-    if isinstance(store, hub.LocalStore) and not store.list_repos():
-        print("hubkit serve: the local store is empty; running `hubkit bootstrap` first", file=sys.stderr)
+    if isinstance(store, hub.LocalStore) and not args.no_bootstrap:
         from .bootstrap import bootstrap
 
-        bootstrap(store)
+        added = bootstrap(store)  # idempotent: adds only the tiny models / demo adapters that are missing
+        if added:
+            print(f"hubkit serve: added {len(added)} tiny offline models / adapters to the store", file=sys.stderr)
+    print(f"hubkit: serving on http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
     serve(host=args.host, port=args.port, hub=args.hub)
 
 
@@ -108,17 +111,25 @@ def _parse_args(pairs: list[str]) -> dict:
     return out
 
 
-def _images(inputs: list[str]) -> list[Path]:
-    found = []
+def _images(inputs: list[str]) -> list[tuple[Path, str]]:
+    """(image, output stem) pairs; stems keep sub-folders (a/x.png -> a__x) and never collide."""
+    found: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                found.append((image, "__".join(image.relative_to(path).with_suffix("").parts)))
         else:
-            found.append(path)
+            found.append((path, path.stem))
     if not found:
         raise HubkitError(f"No images in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return found
+    seen: dict[str, int] = {}
+    unique = []
+    for image, stem in found:
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        unique.append((image, f"{stem}-{count}" if count else stem))
+    return unique
 
 
 def _predict(args) -> int:
@@ -139,7 +150,7 @@ def _predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with open(out / "results.jsonl", "w") as log:
-        for image in _images(args.inputs):
+        for image, stem in _images(args.inputs):
             try:
                 output = predictor.predict(str(image), **kwargs)
             except HubkitError as err:
@@ -147,7 +158,7 @@ def _predict(args) -> int:
                 print(f"hubkit predict: skipped {image}: {err}", file=sys.stderr)
                 log.write(json.dumps({"input": str(image), "error": str(err)}) + "\n")
                 continue
-            files = predictor.task.save_output(output, out, image.stem)
+            files = predictor.task.save_output(output, out, stem)
             log.write(json.dumps({"input": str(image), "outputs": [str(f) for f in files]}) + "\n")
     print(f"hubkit predict: {failed} of the inputs failed" if failed else "hubkit predict: done", file=sys.stderr)
     print(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import AdapterMismatchError, UnsafeWeightsError
+from .errors import AdapterMismatchError, ConfigError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def lora_config(
     from peft import LoraConfig
 
     if r <= 0 or alpha <= 0:
-        raise ValueError(f"LoRA r and alpha must be positive, got r={r}, alpha={alpha}")
+        raise ConfigError(f"LoRA r and alpha must be positive integers, got r={r}, alpha={alpha}")
     resolved, _ = resolve_targets(model, targets, exclude=exclude)
     return LoraConfig(
         r=r,
@@ -216,6 +216,7 @@ def attach_adapter(
         config.target_modules = set(resolve_targets(base, sorted(config.target_modules))[0])
     config.inference_mode = True
     fresh = not isinstance(model, PeftModel)
+    was_training = model.training
     try:
         if fresh:
             model = PeftModel(model, config, adapter_name=name)
@@ -230,7 +231,10 @@ def attach_adapter(
         else:
             model.delete_adapter(name)
 
-    expected = {_strip_adapter_name(k, name): v for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    expected = {
+        _strip_adapter_name(k, name): v
+        for k, v in get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False).items()
+    }
     if set(state) != set(expected):
         state = remap_legacy_keys(state)
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
@@ -249,5 +253,6 @@ def attach_adapter(
             f"adapter {got} vs base {want}. It was trained on a different model size."
         )
     set_peft_model_state_dict(model, state, adapter_name=name)
+    model.train(was_training)  # peft switches to train mode (dropout on); keep what the caller had
     logger.info("attached adapter %s from %s (%d tensors)", name, folder, len(state))
     return model

@@ -363,6 +363,11 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def redact_secrets(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config with token / secret / password values replaced by "***" (for any file we write)."""
+    return _redact(_plain(dict(mapping)))
+
+
 def _redact(value: Any, key: str = "") -> Any:
     """Replace secret-looking values (by key name, or an hf_ token anywhere) with '***'."""
     if _SECRET_KEY.search(key) and value not in (None, "", False, {}, []):

@@ -79,7 +79,9 @@ def _ls(args) -> None:
 
 @command("tag")
 def _tag(args) -> None:
-    info = hub.tag(args.repo, args.name, hub=args.hub, revision=args.revision, repo_type=args.repo_type)
+    info = hub.tag(
+        args.repo, args.name, hub=args.hub, revision=args.revision, repo_type=args.repo_type, force=args.force
+    )
     print(info.id)
 
 
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     _store_args(p)
     p.add_argument("--revision", default=None)
+    p.add_argument("--force", action="store_true", help="move the tag if it points elsewhere")
 
     p = sub.add_parser("sync", help="copy a repo between stores (local -> hf to publish, hf -> local to mirror)")
     p.add_argument("repo")
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except HubkitError as err:
         notes = " ".join(getattr(err, "__notes__", []))
         print(f"hubkit {args.command}: {err}{' ' + notes if notes else ''}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions, a path that is a file: one line, not a traceback
+        print(f"hubkit {args.command}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"hubkit {args.command}: interrupted", file=sys.stderr)

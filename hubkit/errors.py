@@ -62,6 +62,16 @@ class PushConflictError(HubkitError, RuntimeError):
         super().__init__(f"Push to {repo_id!r} failed: {detail}")
 
 
+class NoMatchingFilesError(HubkitError, FileNotFoundError):
+    def __init__(self, repo_id: str, revision: str, include, exclude, *, available: list[str] | None = None):
+        self.repo_id, self.revision, self.available = repo_id, revision, available or []
+        shown = ", ".join(self.available[:8]) + (" ..." if len(self.available) > 8 else "")
+        super().__init__(
+            f"No file of {repo_id}@{revision[:12]} matches include={include or '*'} exclude={exclude or []}. "
+            f"Files: {shown}"
+        )
+
+
 class StoreError(HubkitError, OSError):
     """The store on disk is unusable (unreadable, corrupt metadata)."""
 

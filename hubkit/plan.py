@@ -110,8 +110,8 @@ def plan(
     spec = get_task(task_name) if task_name else None
     wanted = tuple(targets or spec.preset.targets)
     exclude = spec.preset.exclude if spec and not targets else None
-    r = r or (spec.preset.r if spec else 16)
-    alpha = alpha or (spec.preset.alpha if spec else 2 * r)
+    r = r if r is not None else (spec.preset.r if spec else 16)
+    alpha = alpha if alpha is not None else (spec.preset.alpha if spec else 2 * r)
     resolved, modules = resolve_targets(model, wanted, exclude=exclude)
     peft_model = get_peft_model(model, lora_config(model, wanted, r=r, alpha=alpha, exclude=exclude))
     trainable, total = peft_model.get_nb_trainable_parameters()

@@ -52,6 +52,8 @@ def _dtype(value) -> torch.dtype | None:
 def _device(value: str | None) -> str:
     if value in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(value).startswith("cuda") and not torch.cuda.is_available():
+        raise HubkitError(f"device={value!r} but this torch has no CUDA device; use cpu or auto")
     return value
 
 

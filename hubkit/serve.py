@@ -107,5 +107,5 @@ def serve(*, host: str = "127.0.0.1", port: int = 7860, hub: str | None = None, 
     import uvicorn
 
     app = build_app(hub_name=hub, spaces_dir=spaces_dir)
-    print(f"hubkit: serving on http://{host}:{port}/ (Ctrl+C to stop)", file=sys.stderr)
+    logger.info("serving on http://%s:%d/", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEPTH_TASK = "depth-estimation"
 MAX_DEMO_PIXELS = 50_000_000  # a Space refuses bigger uploads before decoding them
 KEEP_REQUESTS = 16  # per-request output folders kept on disk (the UI has copied older ones already)
+MAX_RESIDENT_BASES = int(os.environ.get("HUBKIT_SPACE_MAX_BASES", "2"))  # memory cap per Space process
 
 
 # -- what the store offers -----------------------------------------------------------------------------
@@ -209,14 +210,34 @@ class DepthDemo:
         return available_adapters(self.task, base or self.default_base())
 
     # -- models -----------------------------------------------------------------------------------------
+    def allowed_bases(self) -> set[str] | None:
+        """Bases a request may load: those the menus offer plus ``HUBKIT_DEPTH_BASES`` (comma-separated;
+        "*" allows any repo id or server path, for a private local server). None means any."""
+        extra = {b.strip() for b in os.environ.get("HUBKIT_DEPTH_BASES", "").split(",") if b.strip()}
+        if "*" in extra:
+            return None
+        return set(self.available_bases()) | extra | {self.default_base()}
+
     def predictor(self, base: str | None = None) -> Predictor:
-        """The Predictor for `base`, loaded on first use and kept."""
+        """The Predictor for `base`, loaded on first use; the least recently used is dropped past the cap."""
         base = base or self.default_base()
         with self._lock:
             if base not in self._predictors:
+                allowed = self.allowed_bases()
+                if allowed is not None and base not in allowed:
+                    raise HubkitError(
+                        f"Base {base!r} is not offered here. Choose one of: {', '.join(sorted(allowed))} "
+                        "(the server's HUBKIT_DEPTH_BASES can allow more)."
+                    )
+                while len(self._predictors) >= MAX_RESIDENT_BASES:
+                    evicted = next(iter(self._predictors))
+                    del self._predictors[evicted]
+                    self._adapter_names = {k: v for k, v in self._adapter_names.items() if k[0] != evicted}
+                    logger.info("dropped %s to stay within %d resident bases", evicted, MAX_RESIDENT_BASES)
                 started = time.perf_counter()
                 self._predictors[base] = load(self.task, base, device=self.device)
                 logger.info("loaded %s in %.1f s", base, time.perf_counter() - started)
+            self._predictors[base] = self._predictors.pop(base)  # most recently used last
             return self._predictors[base]
 
     def _adapter(self, predictor: Predictor, base: str, repo_id: str) -> str:

@@ -516,7 +516,7 @@ def random_adapter(
             if "lora_" in name:
                 param.copy_(torch.randn_like(param) * strength / max(param.shape[-1], 1) ** 0.5)
     out = Path(out_dir)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(out, save_embedding_layers=False)
     if base_id is not None:  # save_pretrained records the folder path; the repo id is what users see
         import json
 

@@ -54,3 +54,38 @@ def test_predict_writes_outputs_and_reports_bad_inputs(tmp_path):
     assert png.dtype == np.uint16 and png.shape == data.camera().shape
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sum("error" in r for r in records) == 1 and sum("outputs" in r for r in records) == 2
+
+
+def test_predict_keeps_same_named_images_apart(tmp_path):
+    run_cli("bootstrap", "--offline", check=True)
+    for sub, source in (("a", data.astronaut()), ("b", data.coffee())):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(source).save(tmp_path / "in" / sub / "x.png")
+    Image.fromarray(data.chelsea()).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    args = ["predict", "depth-estimation", str(tmp_path / "in"), str(tmp_path / "x.png"), "--out", str(out)]
+    run_cli(*args, "--base", "hubkit-tiny/depth-anything", "--offline", check=True)
+    shapes = {p.name: np.load(p).shape for p in out.glob("*.depth.npy")}
+    assert shapes == {"a__x.depth.npy": (512, 512), "b__x.depth.npy": (400, 600), "x.depth.npy": (300, 451)}
+
+
+def test_cli_errors_below_hubkit_are_one_line(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("a")
+    run_cli("push", str(tmp_path / "folder"), "me/demo", check=True)
+    (tmp_path / "afile").write_text("x")
+    for args, expected in [
+        (["pull", "me/demo", "--to", str(tmp_path / "afile")], "afile"),
+        (["lora", "plan", "depth-anything/Depth-Anything-V2-Small-hf", "--r", "-1"], "positive"),
+        (["tag", "me/demo", "v1"], None),
+    ]:
+        proc = run_cli(*args)
+        if expected is None:
+            assert proc.returncode == 0
+            continue
+        assert proc.returncode == 1 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    (tmp_path / "folder" / "b.txt").write_text("b")
+    run_cli("push", str(tmp_path / "folder"), "me/demo", check=True)
+    moved = run_cli("tag", "me/demo", "v1")
+    assert moved.returncode == 1 and "--force" in moved.stderr
+    assert run_cli("tag", "me/demo", "v1", "--force").returncode == 0

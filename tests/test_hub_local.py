@@ -19,8 +19,10 @@ from hubkit.errors import (
     EmptyFolderError,
     FileTooLargeError,
     InvalidRepoIdError,
+    NoMatchingFilesError,
     RepoNotFoundError,
     RevisionNotFoundError,
+    StoreError,
 )
 
 FILES = {"README.md": b"# demo\n", "weights/model.safetensors": os.urandom(50_000), "config.json": b'{"a": 1}'}
@@ -139,10 +141,29 @@ def test_empty_and_missing_folders_and_size_limit(tmp_path, isolated_home, monke
     assert hub.list_repos() == []
 
 
-def test_store_files_are_read_only(tmp_path):
+def test_store_files_are_read_only_and_edits_are_caught(tmp_path):
     hub.push(make_folder(tmp_path / "src", FILES), "me/demo")
     snap = hub.pull("me/demo")
     assert (snap / "config.json").stat().st_mode & 0o222 == 0
+    os.utime(snap / "config.json")  # a touch changes nothing that matters
+    assert folder_bytes(hub.pull("me/demo")) == FILES
+    os.chmod(snap / "config.json", 0o644)  # as root, or after a chmod, the bytes can still be edited in place
+    with open(snap / "config.json", "ab") as fh:
+        fh.write(b"oops")
+    with pytest.raises(StoreError, match="modified in place"):
+        hub.pull("me/demo")
+    with pytest.raises(StoreError, match="pull --to"):
+        hub.pull("me/demo", to=tmp_path / "copy")
+
+
+def test_include_matching_nothing_is_a_clear_error(tmp_path):
+    hub.push(make_folder(tmp_path / "src", FILES), "me/demo")
+    with pytest.raises(NoMatchingFilesError, match=r"\*.onnx") as err:
+        hub.pull("me/demo", include=["*.onnx"])
+    assert "config.json" in str(err.value)
+    with pytest.raises(NoMatchingFilesError):
+        hub.pull("me/demo", include=["*.onnx"], to=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 KILLED_PUSH = textwrap.dedent(

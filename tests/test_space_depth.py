@@ -218,3 +218,23 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
         assert adapted["label"] == f"Adapted: {LORA1}" and len(files) == 9
     finally:
         demo.close()
+
+
+def test_requests_cannot_load_arbitrary_bases(store, images, tmp_path, monkeypatch):
+    import shutil
+
+    from hubkit import tiny
+    from hubkit.errors import HubkitError
+    from hubkit.spaces_support import DepthDemo
+
+    demo = DepthDemo(device="cpu")
+    other = tiny.build("depth-anything", tmp_path / "server-folder")
+    with pytest.raises(HubkitError, match="not offered here"):
+        demo.run(images["camera"], str(other), [])
+    monkeypatch.setenv("HUBKIT_DEPTH_BASES", str(other))  # the operator may allow more
+    assert demo.run(images["camera"], str(other), [])["base"] is not None
+    second = shutil.copytree(other, tmp_path / "second")
+    monkeypatch.setenv("HUBKIT_DEPTH_BASES", f"{other},{second}")
+    demo.run(images["camera"], TINY_BASE, [])
+    demo.run(images["camera"], str(second), [])  # a third base: the least recently used one is dropped
+    assert len(demo._predictors) == 2 and str(other) not in demo._predictors

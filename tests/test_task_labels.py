@@ -109,14 +109,16 @@ def test_adapter_changes_the_answer(base, tmp_path):
     assert with_lora.raw != without.raw
 
 
-def test_nf4_needs_bitsandbytes(base):
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"quantize='nf4' needs bitsandbytes: pip install 'hubkit\[quant\]'"):
-            hubkit.load(TASK, base, quantize="nf4")
-    else:
-        pytest.skip("bitsandbytes is installed: the 4-bit path itself is tested on GPU")
+def test_quantize_errors_are_clear(base, monkeypatch):
+    import sys
+
+    from hubkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'int8' or 'nf4'"):
+        hubkit.load(TASK, base, quantize="int4")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
+    with pytest.raises(ConfigError, match=r"quantize='nf4' needs bitsandbytes: pip install 'hubkit\[quant\]'"):
+        hubkit.load(TASK, base, quantize="nf4")
 
 
 def test_save_output_writes_json(tmp_path):

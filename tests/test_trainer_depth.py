@@ -100,6 +100,10 @@ def test_training_lowers_loss_and_improves_abs_rel(base_dir, data_dir, tmp_path)
     assert np.mean(curve[-8:]) < 0.85 * np.mean(curve[:8]), curve
     assert result.metrics["abs_rel"] < before["abs_rel"], (before, result.metrics)
     assert set(result.metrics) >= {"d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog"}
+    from hubkit.adapters import attach_adapter
+
+    final = attach_adapter(setup.load_base(), result.adapter_dir, name="final", check_base_model=False)
+    assert evaluate(final, loader)["abs_rel"] == pytest.approx(result.metrics["abs_rel"], rel=1e-5)  # not stale
     card = hubkit.cards.read_card(result.adapter_dir)
     assert {r.metric_type for r in card.data.eval_results} >= {"abs_rel", "d1"}
     assert card.data.base_model == str(base_dir) and card.data.library_name == "peft"

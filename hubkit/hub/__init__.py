@@ -125,8 +125,13 @@ def list_revisions(repo_id: str, *, hub: str | Store | None = None, repo_type: s
     return get_store(hub).list_revisions(repo_id, repo_type=repo_type)
 
 
-def tag(repo_id: str, name: str, *, hub=None, revision: str | None = None, repo_type: str = "model") -> RevisionInfo:
-    return get_store(hub).tag(repo_id, name, revision=revision, repo_type=repo_type)
+def tag(
+    repo_id: str, name: str, *, hub=None, revision: str | None = None, repo_type: str = "model", force: bool = False
+) -> RevisionInfo:
+    store = get_store(hub)
+    if isinstance(store, LocalStore):
+        return store.tag(repo_id, name, revision=revision, repo_type=repo_type, force=force)
+    return store.tag(repo_id, name, revision=revision, repo_type=repo_type)
 
 
 def sync(

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import PushConflictError, RepoNotFoundError, RevisionNotFoundError, StoreError
+from ..errors import NoMatchingFilesError, PushConflictError, RepoNotFoundError, RevisionNotFoundError, StoreError
 from ._files import as_patterns, copy_if_changed, matches, scan_folder, sha256_file
 from ._ids import REPO_TYPES, RepoRef, check_repo_type, parse_repo_id
 from ._types import RevisionInfo, progress
@@ -192,6 +192,9 @@ class LocalStore:
         snapshot = path / "snapshots" / meta["tree"]
         include, exclude = as_patterns(include), as_patterns(exclude)
         wanted = {p: f for p, f in meta["files"].items() if matches(p, include, exclude)}
+        if not wanted:
+            raise NoMatchingFilesError(ref.repo_id, info.id, include, exclude, available=sorted(meta["files"]))
+        self._verify(path, wanted, ref.repo_id, info.id)
         if to is None and len(wanted) == len(meta["files"]):
             return snapshot
         if to is None:  # a filtered view, hard-linked, made once per revision and filter
@@ -206,6 +209,27 @@ class LocalStore:
             copied += copy_if_changed(self._object(path, entry["sha256"]), target / rel, entry["sha256"])
         logger.info("pulled %s@%s into %s (%d file(s) copied)", ref.repo_id, info.id[:12], target, copied)
         return target
+
+    def _verify(self, path: Path, files: dict[str, dict], repo_id: str, rev_id: str) -> None:
+        """Catch store files edited in place through a pulled folder (root ignores read-only bits).
+
+        A stat per file: size and mtime must be as recorded at push; only on a difference is the
+        content hashed, so a mere touch passes and a real edit is a clear error, never silent data.
+        """
+        for rel, entry in files.items():
+            obj = self._object(path, entry["sha256"])
+            try:
+                st = obj.stat()
+            except FileNotFoundError:
+                raise StoreError(f"{repo_id}@{rev_id[:12]}: {rel} is missing from the store ({obj})") from None
+            if st.st_size == entry["size"] and st.st_mtime_ns == entry.get("mtime_ns", st.st_mtime_ns):
+                continue
+            if st.st_size != entry["size"] or sha256_file(obj) != entry["sha256"]:
+                raise StoreError(
+                    f"{repo_id}@{rev_id[:12]}: {rel} was modified in place in the store. Pulled folders are the "
+                    "store's own files: use `pull --to DIR` for a copy to edit. Restore this revision with "
+                    "`hubkit sync` from another store, or push it again."
+                )
 
     # -- writing -----------------------------------------------------------------------------
     @staticmethod
@@ -232,7 +256,7 @@ class LocalStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process made the same content first
 
-    def _store_object(self, path: Path, source: Path) -> tuple[str, int]:
+    def _store_object(self, path: Path, source: Path) -> tuple[str, int, int]:
         sha = sha256_file(source)
         obj = self._object(path, sha)
         if not obj.exists():
@@ -244,7 +268,8 @@ class LocalStore:
                 raise PushConflictError(str(path), f"{source} changed while it was being pushed")
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(tmp, obj)
-        return sha, obj.stat().st_size
+        st = obj.stat()
+        return sha, st.st_size, st.st_mtime_ns
 
     @contextlib.contextmanager
     def _lock(self, path: Path, repo_id: str) -> Iterator[None]:
@@ -309,8 +334,8 @@ class LocalStore:
         self._sweep_tmp(path)
         manifest = {}
         for item in progress(files, desc=f"push {ref.repo_id}", total=len(files)):
-            sha, size = self._store_object(path, item.source)
-            manifest[item.path] = {"sha256": sha, "size": size}
+            sha, size, mtime_ns = self._store_object(path, item.source)
+            manifest[item.path] = {"sha256": sha, "size": size, "mtime_ns": mtime_ns}
         tree = hashlib.sha256("".join(f"{p}\0{f['sha256']}\n" for p, f in sorted(manifest.items())).encode())
         tree_id = tree.hexdigest()
         snapshot = path / "snapshots" / tree_id
@@ -350,13 +375,20 @@ class LocalStore:
         elif root_card.exists():
             root_card.unlink()
 
-    def tag(self, repo_id: str, tag: str, *, revision: str | None = None, repo_type: str = "model") -> RevisionInfo:
+    def tag(
+        self, repo_id: str, tag: str, *, revision: str | None = None, repo_type: str = "model", force: bool = False
+    ) -> RevisionInfo:
         ref, path = self._existing_repo(repo_id, repo_type)
         _check_ref_name(ref.repo_id, tag)
         info = self.resolve_revision(ref.repo_id, revision, repo_type=repo_type)
         with self._lock(path, ref.repo_id):
             if (path / "refs" / "heads" / tag).exists():
                 raise PushConflictError(ref.repo_id, f"{tag!r} is already a branch name")
+            existing = path / "refs" / "tags" / tag
+            if existing.exists() and existing.read_text().strip() != info.id and not force:
+                raise PushConflictError(
+                    ref.repo_id, f"tag {tag!r} already points at {existing.read_text().strip()[:12]}; use --force"
+                )
             _atomic_write(path / "refs" / "tags" / tag, info.id.encode())
         return self.resolve_revision(ref.repo_id, info.id, repo_type=repo_type)
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidImageError, UnknownTaskError, UnsafeWeightsError
+from ..errors import ConfigError, InvalidImageError, UnknownTaskError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
 TASKS: dict[str, Task] = {}
@@ -102,11 +102,11 @@ def pretrained_kwargs(options: LoadOptions) -> dict:
 
 def quantization_config(kind: str):
     if kind not in ("int8", "nf4"):
-        raise ValueError(f"quantize must be None, 'int8' or 'nf4', got {kind!r}")
+        raise ConfigError(f"quantize must be None, 'int8' or 'nf4', got {kind!r}")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ImportError(
+        raise ConfigError(
             f"quantize={kind!r} needs bitsandbytes: pip install 'hubkit[quant]' (4-bit NF4 needs a CUDA GPU)."
         ) from None
     import torch

@@ -156,5 +156,7 @@ def config_dict(config) -> dict:
 def dump_yaml(config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
+    from ..cards import redact_secrets
+
+    path.write_text(yaml.safe_dump(redact_secrets(config_dict(config)), sort_keys=False))
     return path

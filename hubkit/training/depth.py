@@ -63,6 +63,7 @@ def evaluate(model, loader) -> dict[str, float]:
     device = next(model.parameters()).device
     relative = is_relative(model)
     acc = DepthMetricAccumulator()
+    model.eval()  # metrics without dropout, whoever calls
     for batch in loader:
         pred = task.forward(model, batch["pixel_values"].to(device)).float().cpu()
         for p, depth_mm, valid in zip(pred, batch["depth"], batch["valid"], strict=True):

@@ -123,6 +123,7 @@ def _loader_state_guard(accelerator):
 
 
 def _flat(values: dict) -> dict:
+    values = cards.redact_secrets(values)
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in values.items()}
 
 
@@ -133,6 +134,9 @@ def train(config, setup: TrainingSetup) -> TrainResult:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from .._logging import install_redaction
+
+    install_redaction()
     output = Path(config.output_dir)
     ckpt_root = output / "checkpoints"
     accelerator = Accelerator(
@@ -282,7 +286,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
             if step % config.log_every == 0 or step == 1:
                 accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
             if config.eval_every and step % config.eval_every == 0:
-                state["metrics"] = evaluate()
+                state["metrics"], state["eval_step"] = evaluate(), step
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint()
             if step >= total_steps:
@@ -292,10 +296,10 @@ def train(config, setup: TrainingSetup) -> TrainResult:
             state["epoch"] += 1
             state["batches_in_epoch"] = 0
             if not config.eval_every:
-                state["metrics"] = evaluate()
+                state["metrics"], state["eval_step"] = evaluate(), state["global_step"]
     progress.close()
-    if config.eval_every and state["global_step"] % config.eval_every:
-        state["metrics"] = evaluate()
+    if state.get("eval_step") != state["global_step"]:  # the card reports the final adapter, not an earlier one
+        state["metrics"], state["eval_step"] = evaluate(), state["global_step"]
     save_checkpoint()
 
     result = TrainResult(
@@ -329,7 +333,7 @@ def _write_adapter(config, setup: TrainingSetup, model, result: TrainResult, eva
     if folder.exists():
         shutil.rmtree(folder)
     model = model.to("cpu")  # safetensors needs host tensors (XLA / GPU); training is over
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, save_embedding_layers=False)  # "auto" would ask the Hub about the base
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = config.base  # the id users load it on, not a local path
     (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
