@@ -22,11 +22,19 @@ def _register(sub) -> None:
     p.add_argument("--hub", default=None)
     p.add_argument("--offline", action="store_true")
     p.add_argument("--no-bootstrap", action="store_true", help="do not add the tiny offline models to the store")
+    p.add_argument("--spaces-dir", default=None, help="folder of Spaces (default: spaces/ of the source checkout)")
 
     p = sub.add_parser("bootstrap", help="write tiny random-weight models of every family into the local store")
     p.add_argument("--hub", default=None, help="local store to fill (default: the local store)")
     p.add_argument("--force", action="store_true", help="push new revisions even if the repos exist")
     p.add_argument("--offline", action="store_true")
+
+    p = sub.add_parser("space", help="Space tools")
+    space = p.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
+    q = space.add_parser("export", help="a Space folder ready for Hugging Face Spaces, with hubkit vendored")
+    q.add_argument("name", help="a folder under spaces/ (e.g. depth) or a path to a Space folder")
+    q.add_argument("--to", required=True, metavar="DIR")
+    q.add_argument("--spaces-dir", default=None)
 
     p = sub.add_parser("lora", help="LoRA tools")
     lora = p.add_subparsers(dest="lora_command", required=True, metavar="SUBCOMMAND")
@@ -70,7 +78,7 @@ def _serve(args) -> None:
         if added:
             print(f"hubkit serve: added {len(added)} tiny offline models / adapters to the store", file=sys.stderr)
     print(f"hubkit: serving on http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
-    serve(host=args.host, port=args.port, hub=args.hub)
+    serve(host=args.host, port=args.port, hub=args.hub, spaces_dir=args.spaces_dir)
 
 
 def _bootstrap(args) -> None:
@@ -83,6 +91,12 @@ def _bootstrap(args) -> None:
         raise HubkitError("bootstrap writes into a local store; use --hub local or a folder")
     for repo, rev in bootstrap(store, force=args.force).items():
         print(f"{repo}  {rev}")
+
+
+def _space(args) -> None:
+    from .serve import export_space
+
+    print(export_space(args.name, args.to, spaces_dir=args.spaces_dir))
 
 
 def _lora(args) -> None:
@@ -166,4 +180,4 @@ def _predict(args) -> int:
 
 
 _EXTENSIONS.append(_register)
-COMMANDS.update({"serve": _serve, "bootstrap": _bootstrap, "lora": _lora, "predict": _predict})
+COMMANDS.update({"serve": _serve, "bootstrap": _bootstrap, "lora": _lora, "predict": _predict, "space": _space})

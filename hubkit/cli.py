@@ -107,6 +107,13 @@ def _card(args) -> int:
     folder = hub.pull(
         args.repo, hub=args.hub, repo_type=args.repo_type, revision=args.revision, offline=args.offline or None
     )
+    if not (folder / "README.md").is_file():
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        print(_as_text({"repo": args.repo, "repo_type": args.repo_type, "card": None, "files": files}))
+        print(
+            f"problem: {args.repo} has no README.md card; add one (hubkit.cards builds them) and push", file=sys.stderr
+        )
+        return 1
     card = cards.read_card(folder, repo_type=args.repo_type)
     summary = cards.card_summary(card)
     print(json.dumps(summary, indent=2, default=str) if args.json else _as_text(summary))

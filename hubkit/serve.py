@@ -39,6 +39,26 @@ def discover_spaces(spaces_dir: str | Path | None = None) -> list[SpaceApp]:
     return found
 
 
+def export_space(name: str, to: str | Path, *, spaces_dir: str | Path | None = None) -> Path:
+    """Copy a Space folder plus the hubkit package into `to`, so the folder runs on Hugging Face Spaces
+    as it is (`hubkit push DIR me/my-space --repo-type space --hub hf`)."""
+    import shutil
+
+    from .errors import HubkitError
+
+    source = Path(name) if Path(name).is_dir() else (Path(spaces_dir) if spaces_dir else default_spaces_dir()) / name
+    if not (source / "app.py").is_file():
+        known = ", ".join(s.name for s in discover_spaces(spaces_dir)) or "none"
+        raise HubkitError(f"No Space {name!r} (no app.py in {source}). Spaces: {known}")
+    target = Path(to)
+    if target.exists() and any(target.iterdir()):
+        raise HubkitError(f"{target} is not empty; export into a new folder")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(Path(__file__).resolve().parent, target / "hubkit", ignore=ignore)
+    return target
+
+
 def load_space_demo(space: SpaceApp):
     """Import a Space's app.py by path (Spaces are not part of the package) and return its `demo`."""
     spec = importlib.util.spec_from_file_location(f"hubkit_space_{space.name}", space.folder / "app.py")

@@ -60,3 +60,22 @@ def test_sync_cli_between_folders(tmp_path):
     run_cli("sync", "me/demo", "--from", str(tmp_path / "a"), "--to", str(tmp_path / "b"), check=True)
     out = run_cli("pull", "me/demo", "--hub", str(tmp_path / "b"), check=True).stdout.strip()
     assert folder_bytes(tmp_path.joinpath(out)) == FILES
+
+
+def test_card_of_a_plain_folder_lists_its_files(tmp_path):
+    run_cli("push", str(make_folder(tmp_path / "f", {"w.bin": b"1", "sub/c.json": b"{}"})), "me/plain", check=True)
+    proc = run_cli("card", "me/plain")
+    assert proc.returncode == 1 and "no README.md card" in proc.stderr
+    assert "sub/c.json" in proc.stdout and "w.bin" in proc.stdout
+
+
+def test_space_export_vendors_hubkit(tmp_path):
+    out = tmp_path / "space"
+    proc = run_cli("space", "export", "depth", "--to", str(out), check=True)
+    assert proc.stdout.strip() == str(out)
+    assert (out / "app.py").is_file() and (out / "README.md").is_file() and (out / "hubkit" / "cards.py").is_file()
+    assert not list(out.rglob("__pycache__"))
+    again = run_cli("space", "export", "depth", "--to", str(out))
+    assert again.returncode == 1 and "not empty" in again.stderr
+    missing = run_cli("space", "export", "nope", "--to", str(tmp_path / "x"))
+    assert missing.returncode == 1 and "depth" in missing.stderr
