@@ -181,3 +181,12 @@ def test_bad_config_values_are_clear(base_dir, data_dir, tmp_path):
         build_config(DepthLoraConfig, {"learning_rate": "fast"})
     with pytest.raises(ConfigError, match="loss"):
         depth_setup(build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, loss="l7")))
+
+
+def test_gradient_checkpointing_trains_the_same(base_dir, data_dir, tmp_path):
+    curves = []
+    for flag in ("false", "true"):
+        args = quick(base_dir, data_dir, tmp_path / flag, max_steps=3, lora_dropout=0.0, gradient_checkpointing=flag)
+        config = build_config(DepthLoraConfig, args)
+        curves.append([loss for _, loss in train(config, depth_setup(config)).losses])
+    assert curves[1] == pytest.approx(curves[0], rel=1e-5)
