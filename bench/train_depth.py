@@ -3,7 +3,8 @@
 Same model (Depth-Anything-V2-Small architecture, random weights), same LoRA (r=16, alpha=32 on
 q/k/v), same Zivid-format data (motorcycle crops from scikit-image), same batch and loss, one run,
 on this machine's CPU at a reduced input size. Throughput is taken between the first and last
-optimizer step of each run, so start-up and saving are excluded on both sides. Prints JSON.
+optimizer step of each run (median step time), so start-up and saving are excluded on both sides.
+The two runs alternate for --rounds rounds; the best round of each is compared. Prints JSON.
 
     python bench/train_depth.py [--steps 12] [--input-size 98] [--batch-size 4]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +42,9 @@ class StepClock:
         self.times.append(time.perf_counter())
 
     def samples_per_s(self, batch: int) -> float:
-        return (len(self.times) - 1) * batch / (self.times[-1] - self.times[0])
+        """Batch over the median step time: robust to a stray pause from other work on the machine."""
+        steps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+        return batch / statistics.median(steps)
 
 
 def run_hubkit(config, clock: StepClock) -> float:
