@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import logging
 import sys
@@ -93,10 +94,12 @@ def landing_page(*, hub_name: str | None, spaces: list[SpaceApp]):
             "# hubkit\nFine-tune vision foundation models with LoRA, share the adapters, demo them here.\n\n"
             f"Store: `{store.name}`"
         )
-        if spaces:
-            gr.Markdown("## Spaces\n" + "\n".join(f"- [{s.title}](/spaces/{s.name}/)" for s in spaces))
+        gr.Markdown("## Spaces")
+        if spaces:  # plain links (Markdown ones open a new tab): a Space opens in place, Back returns here
+            items = "".join(f'<li><a href="/spaces/{s.name}/">{html.escape(s.title)}</a></li>' for s in spaces)
+            gr.HTML(f"<ul>{items}</ul>")
         else:
-            gr.Markdown("## Spaces\nNo Spaces found.")
+            gr.Markdown("No Spaces found.")
         gr.Markdown("## Models, adapters and data sets in the store")
         table = gr.Dataframe(value=store_table(store) or None, headers=headers, interactive=False)
         refresh = gr.Button("Refresh")

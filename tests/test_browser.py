@@ -83,9 +83,8 @@ def test_depth_space_in_chromium(server, tmp_path):
             landing = browser.new_page()
             landing.set_default_timeout(30_000)
             landing.goto(server)
-            with landing.expect_popup() as popup:  # gradio Markdown opens links in a new tab (target=_blank)
-                landing.get_by_role("link", name="hubkit depth").click()
-            page = popup.value
+            landing.get_by_role("link", name="hubkit depth").click()  # the Space opens in the same tab
+            page = landing
             page.set_default_timeout(30_000)
             page.set_viewport_size({"width": 1400, "height": 1000})
             page.wait_for_url("**/spaces/depth/")
