@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from . import errors
@@ -18,6 +19,9 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'hubkit' has no attribute {name!r}")
 
+
+# bitsandbytes (imported by peft) warns at import that an optional CPU 4-bit kernel package is missing.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 try:
     __version__ = version("hubkit")

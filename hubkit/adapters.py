@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import torch
 from .errors import AdapterMismatchError, ConfigError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
+# peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing` on every wrap; users can't act on it.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
 
 # Module names changed between transformers 4 and 5 (ViT / DINOv2 family attention). Old name -> new.
 TARGET_ALIASES: dict[str, tuple[str, ...]] = {
