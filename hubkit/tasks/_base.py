@@ -138,6 +138,7 @@ def to_pil(image: Any, *, name: str = "image") -> Image.Image:
     if isinstance(image, (str, Path)):
         try:
             with Image.open(image) as img:
+                _check_pixels(img.width, img.height, name)  # from the header, before decoding a huge file
                 img.load()
                 image = img.copy()
         except FileNotFoundError:
@@ -150,10 +151,7 @@ def to_pil(image: Any, *, name: str = "image") -> Image.Image:
         raise InvalidImageError(f"{name}: expected a path, PIL image or numpy array, got {type(image).__name__}")
     if image.width == 0 or image.height == 0:
         raise InvalidImageError(f"{name}: the image is empty ({image.width}x{image.height})")
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise InvalidImageError(
-            f"{name}: {image.width}x{image.height} is over {MAX_IMAGE_PIXELS:,} pixels; downscale it first"
-        )
+    _check_pixels(image.width, image.height, name)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float greyscale: scale to 8 bit
         arr = np.asarray(image, dtype=np.float64)
         image = _array_to_pil(arr, name)
@@ -162,6 +160,11 @@ def to_pil(image: Any, *, name: str = "image") -> Image.Image:
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
         return background
     return image.convert("RGB")
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(f"{name}: {width}x{height} is over {MAX_IMAGE_PIXELS:,} pixels; downscale it first")
 
 
 def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
