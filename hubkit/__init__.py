@@ -9,7 +9,15 @@ from . import errors
 from .errors import HubkitError
 from .hub import get_store, list_repos, list_revisions, pull, push, resolve, sync
 
-_LAZY = {"load": "predictor", "Predictor": "predictor"}  # torch and the model stack load on first use
+_LAZY = {  # torch and the model stack load on first use
+    "load": "predictor",
+    "Predictor": "predictor",
+    "ModelPool": "pool",
+    "get_pool": "pool",
+    "Pipeline": "pipelines",
+    "PipelineResult": "pipelines",
+    "Stage": "pipelines",
+}
 
 
 def __getattr__(name: str):
@@ -30,9 +38,14 @@ except PackageNotFoundError:  # running from a source tree without install
 
 __all__ = [
     "HubkitError",
+    "ModelPool",
+    "Pipeline",
+    "PipelineResult",
     "Predictor",
+    "Stage",
     "__version__",
     "errors",
+    "get_pool",
     "get_store",
     "list_repos",
     "list_revisions",

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from .errors import AdapterMismatchError, ConfigError, UnsafeWeightsError
+from .errors import AdapterConfigError, AdapterMismatchError, ConfigError, UnsafePickleError, UnsafeWeightsError
 
 logger = logging.getLogger(__name__)
+TRAINED_MODULES_FILE = "trained_modules.safetensors"  # modules trained in place, saved beside an adapter
 # peft 0.21 still calls transformers 5's deprecated `is_gradient_checkpointing` on every wrap; users can't act on it.
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
 
@@ -95,8 +97,10 @@ def lora_config(
     dropout: float = 0.05,
     exclude: str | None = None,
     init_lora_weights: bool | str = True,
+    modules_to_save: list[str] | None = None,
 ):
-    """A peft LoraConfig whose target modules are exactly the (resolved) modules of this model."""
+    """A peft LoraConfig whose target modules are exactly the (resolved) modules of this model; the modules
+    named in `modules_to_save` (new heads, projection MLPs) train in full and are saved with the adapter."""
     from peft import LoraConfig
 
     if r <= 0 or alpha <= 0:
@@ -110,6 +114,7 @@ def lora_config(
         # peft full-matches a string exclude; ours is a search pattern (e.g. keep a VAE out of a UNet preset)
         exclude_modules=f".*(?:{exclude}).*" if exclude else None,
         init_lora_weights=init_lora_weights,
+        modules_to_save=modules_to_save,
     )
 
 
@@ -133,6 +138,65 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 # -- reading adapter folders ---------------------------------------------------------------
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _names_or_pattern(value: object) -> bool:
+    return value is None or isinstance(value, str) or _is_names(value)
+
+
+# adapter_config.json fields that peft reads without checking (a wrong type ends in a bare TypeError deep inside it):
+# field -> (test, what the field must be)
+CONFIG_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "peft_type": (lambda v: isinstance(v, str), "a string such as 'LORA'"),
+    "base_model_name_or_path": (lambda v: v is None or isinstance(v, str), "a repo id or path (a string) or null"),
+    "r": (lambda v: _is_int(v) and v > 0, "a positive integer (the LoRA rank)"),
+    "lora_alpha": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "lora_dropout": (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "target_modules": (_names_or_pattern, "a list of module names, a regex string or null"),
+    "exclude_modules": (_names_or_pattern, "a list of module names, a regex string or null"),
+    "modules_to_save": (lambda v: v is None or _is_names(v), "a list of module names or null"),
+    "layers_to_transform": (
+        lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+        "an integer, a list of integers or null",
+    ),
+    "rank_pattern": (lambda v: v is None or isinstance(v, dict), "an object (module pattern -> rank) or null"),
+    "alpha_pattern": (lambda v: v is None or isinstance(v, dict), "an object (module pattern -> alpha) or null"),
+    "bias": (lambda v: isinstance(v, str) and v in ("none", "all", "lora_only"), "'none', 'all' or 'lora_only'"),
+    "fan_in_fan_out": (lambda v: isinstance(v, bool), "true or false"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "use_dora": (lambda v: isinstance(v, bool), "true or false"),
+    "init_lora_weights": (lambda v: isinstance(v, (bool, str)), "true, false or an init method name"),
+}
+
+
+def check_adapter_config(config: object, path: Path) -> dict:
+    """Return `config` if it is a JSON object whose known fields have usable types; else AdapterConfigError."""
+    if not isinstance(config, dict):
+        raise AdapterConfigError(path, None, config, "a JSON object")
+    for field, (ok, expected) in CONFIG_FIELDS.items():
+        if field in config and not ok(config[field]):
+            raise AdapterConfigError(path, field, config[field], expected)
+    return config
+
+
+def load_pickle_weights(path: Path):
+    """torch.load(weights_only=True) a pickle the user opted in to; UnsafePickleError for what weights_only refuses."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # a class, a function (os.system), an opcode weights_only will not run
+        raise UnsafePickleError.from_unpickling(path, err) from None
+
+
 def read_adapter(folder: str | Path, *, allow_pickle: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """Return (adapter_config as a dict, state dict) from a PEFT folder; safetensors unless opted in."""
     folder = Path(folder)
@@ -143,8 +207,9 @@ def read_adapter(folder: str | Path, *, allow_pickle: bool = False) -> tuple[dic
         config = json.loads(config_file.read_text())
     except ValueError as err:
         raise AdapterMismatchError(f"{config_file} is not valid JSON: {err}") from None
+    config = check_adapter_config(config, config_file)
     safe = folder / "adapter_model.safetensors"
-    pickle = folder / "adapter_model.bin"
+    pickled = folder / "adapter_model.bin"
     if safe.is_file():
         from safetensors.torch import load_file
 
@@ -152,13 +217,24 @@ def read_adapter(folder: str | Path, *, allow_pickle: bool = False) -> tuple[dic
             return config, load_file(safe)
         except Exception as err:  # safetensors raises its own error types for truncated / corrupt files
             raise AdapterMismatchError(f"{safe} is corrupt or truncated: {err}") from None
-    if pickle.is_file():
+    if pickled.is_file():
         if not allow_pickle:
             raise UnsafeWeightsError(
-                f"{pickle} is a pickle, which can run code when loaded. Convert it to safetensors, or opt in "
+                f"{pickled} is a pickle, which can run code when loaded. Convert it to safetensors, or opt in "
                 "with allow_pickle=True (--allow-pickle) to load it with torch.load(weights_only=True)."
             )
-        return config, torch.load(pickle, map_location="cpu", weights_only=True)
+        try:
+            state = load_pickle_weights(pickled)
+        except (RuntimeError, EOFError, KeyError, ValueError) as err:  # truncated, empty, not a torch file
+            raise AdapterMismatchError(f"{pickled} is corrupt or truncated: {type(err).__name__}: {err}") from None
+        if not isinstance(state, dict):
+            raise AdapterMismatchError(f"{pickled} holds a {type(state).__name__}, not a state dict of tensors")
+        odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if odd is not None:
+            raise AdapterMismatchError(
+                f"{pickled} holds {type(state[odd]).__name__} at {odd!r}; an adapter state dict maps names to tensors"
+            )
+        return config, state
     raise AdapterMismatchError(f"{folder} has no adapter_model.safetensors (or adapter_model.bin)")
 
 
@@ -213,7 +289,12 @@ def attach_adapter(
     if config_dict.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(f"{folder} is a {config_dict.get('peft_type')} adapter; hubkit loads LoRA only")
     known = set(LoraConfig.__dataclass_fields__)
-    config = LoraConfig(**{k: v for k, v in config_dict.items() if k in known})
+    try:
+        config = LoraConfig(**{k: v for k, v in config_dict.items() if k in known})
+    except (TypeError, ValueError) as err:  # fields CONFIG_FIELDS does not check; peft's own validation
+        raise AdapterMismatchError(
+            f"{folder / 'adapter_config.json'} is not a LoRA config peft accepts: {err}"
+        ) from None
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     if isinstance(config.target_modules, (list, set, tuple)):  # names may predate transformers 5
         config.target_modules = set(resolve_targets(base, sorted(config.target_modules))[0])
@@ -255,7 +336,37 @@ def attach_adapter(
             f"Adapter {folder} has shapes that do not fit the base ({len(wrong)} tensors), e.g. {key}: "
             f"adapter {got} vs base {want}. It was trained on a different model size."
         )
+    try:  # modules the run trained in place (e.g. a conditioning MLP): into the base, shared by its adapters
+        restore_trained_modules(model, folder)
+    except AdapterMismatchError:
+        undo()
+        raise
     set_peft_model_state_dict(model, state, adapter_name=name)
     model.train(was_training)  # peft switches to train mode (dropout on); keep what the caller had
     logger.info("attached adapter %s from %s (%d tensors)", name, folder, len(state))
     return model
+
+
+def restore_trained_modules(model: torch.nn.Module, folder: str | Path) -> list[str]:
+    """Load trained_modules.safetensors from an adapter folder into the base (in place); return the modules."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / TRAINED_MODULES_FILE
+    if not path.is_file():
+        return []
+    state = load_file(path)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = base.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise AdapterMismatchError(f"{path} holds tensors {type(base).__name__} lacks: {unknown[:5]}")
+    shapes = [k for k in state if tuple(own[k].shape) != tuple(state[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise AdapterMismatchError(f"{path}: {k} has shape {tuple(state[k].shape)}, the base has {tuple(own[k].shape)}")
+    params = dict(base.named_parameters())
+    params.update(dict(base.named_buffers()))
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value.to(params[key].dtype))
+    return sorted({k.rsplit(".", 1)[0] for k in state})

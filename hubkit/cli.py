@@ -100,6 +100,12 @@ def _sync(args) -> None:
         print(info.id)
 
 
+@command("gc")
+def _gc(args) -> None:
+    for report in hub.gc(args.repo, hub=args.hub, repo_type=args.repo_type, dry_run=args.dry_run):
+        print(report)
+
+
 @command("card")
 def _card(args) -> int:
     from . import cards
@@ -175,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="copy every revision, oldest first")
     _store_args(p, hub_flag=False)
 
+    p = sub.add_parser(
+        "gc",
+        help="free what killed pushes left in a local store; prints one line per repo",
+        description="Remove, from a local store, objects, snapshots and revision files that no branch or tag "
+        "reaches, and the temp files of pushes that died. It deletes by default (only what no ref reaches: "
+        "every revision `ls` shows stays); --dry-run reports without deleting. Safe beside running pushes: "
+        "it takes each repo's push lock and keeps what a running push is writing.",
+    )
+    p.add_argument("repo", nargs="?", help="namespace/name (default: every repo in the store)")
+    _store_args(p, repo_type=False)
+    p.add_argument("--repo-type", default=None, choices=hub.REPO_TYPES, help="default: model with REPO, else all")
+    p.add_argument("--dry-run", action="store_true", help="print what would be freed; delete nothing")
+
     p = sub.add_parser("card", help="show a repo's README.md card and report problems")
     p.add_argument("repo")
     _store_args(p)
@@ -195,25 +214,48 @@ def _load_extensions() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: exit 0, or 1 with a one-line reason on stderr (-vv also logs the traceback)."""
     _load_extensions()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from ._logging import install_redaction
+    from ._logging import install_redaction, redact
 
     install_redaction()
     if getattr(args, "offline", False):
         os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        return COMMANDS[args.command](args) or 0
-    except HubkitError as err:
+
+    def fail(err: BaseException) -> int:
+        logging.getLogger("hubkit.cli").debug("hubkit %s failed", args.command, exc_info=err)
         notes = " ".join(getattr(err, "__notes__", []))
-        print(f"hubkit {args.command}: {err}{' ' + notes if notes else ''}", file=sys.stderr)
+        reason = " ".join(f"{err} {notes}".split()) or type(err).__name__  # one line, whatever the library wrote
+        print(f"hubkit {args.command}: {redact(reason)}", file=sys.stderr)
         return 1
-    except OSError as err:  # disk full, permissions, a path that is a file: one line, not a traceback
-        print(f"hubkit {args.command}: {err}", file=sys.stderr)
-        return 1
+
+    def stdout_closed() -> bool:
+        """True if stdout is a pipe nobody reads any more (`hubkit ls | head -1`); then point it at devnull."""
+        import select
+
+        try:
+            fd = sys.stdout.fileno()
+            poller = select.poll()  # a pipe whose reader is gone polls as an error
+            poller.register(fd, select.POLLOUT)
+            if not any(event & select.POLLERR for _, event in poller.poll(0)):
+                return False  # the broken pipe was another one (a socket, a subprocess)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)  # so Python's flush at exit does not report it either
+        except (OSError, ValueError, AttributeError):  # stdout is no real file (captured): the pipe was another
+            return False
+        return True
+
+    try:
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a closed pipe surfaces here, not in Python's shutdown, which would print it
+        return code
+    except BrokenPipeError as err:  # the reader went away: quiet, like `git log | head -1`, but exit 0 as promised
+        return 0 if stdout_closed() else fail(err)
+    except (HubkitError, OSError, ValueError) as err:  # ours, then disk full / permissions / a library's refusal
+        return fail(err)
     except KeyboardInterrupt:
         print(f"hubkit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -109,3 +109,59 @@ class UnsafeWeightsError(HubkitError, PermissionError):
 
 class InvalidImageError(HubkitError, ValueError):
     """An input image cannot be decoded or has an unsupported shape / mode."""
+
+
+class PushAfterTrainingError(HubkitError, ConnectionError):
+    """A run finished and saved its adapter, but the push at the end failed: the message says how to push later."""
+
+
+class AdapterConfigError(AdapterMismatchError):
+    """adapter_config.json parses but is not a LoRA config hubkit can use (not an object, a field of the wrong type)."""
+
+    def __init__(self, path: object, field: str | None, value: object, expected: str):
+        self.path, self.field, self.value = path, field, value
+        if field is None:
+            what = f"must hold a JSON object of LoRA settings, got {type(value).__name__} {_short(value)}"
+        else:
+            what = f"field {field!r} must be {expected}, got {_short(value)} ({type(value).__name__})"
+        super().__init__(f"{str(path)!r} {what}. Fix it, or save the adapter again with peft's save_pretrained.")
+
+
+class UnsafePickleError(UnsafeWeightsError):
+    """An opted-in pickle (allow_pickle=True) holds objects torch.load(weights_only=True) refuses to build."""
+
+    def __init__(self, path: object, detail: str = ""):
+        self.path, self.detail = path, detail
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"{str(path)!r} contains non-tensor objects that torch.load(weights_only=True) refuses{why}, so hubkit "
+            "will not load it even with allow_pickle=True (--allow-pickle): unpickling it fully can run arbitrary "
+            "code. Convert the weights to safetensors where you trust the file, or get a safetensors copy."
+        )
+
+    @classmethod
+    def from_unpickling(cls, path: object, err: BaseException) -> UnsafePickleError:
+        """Keep the line of torch's message that names the refused object, not its advice to drop weights_only."""
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        for word in ("GLOBAL", "Unsupported"):  # "... unsupported GLOBAL posix.system ...", "Unsupported operand 149"
+            named = [line for line in lines if word in line]
+            if named:
+                return cls(path, named[0])
+        return cls(path)
+
+
+class MissingModelFileError(HubkitError, FileNotFoundError):
+    """A base model folder lacks a file its task needs (a processor config, a tokenizer)."""
+
+    def __init__(self, folder: object, names: tuple[str, ...], *, task: str, needed_for: str, hint: str = ""):
+        self.folder, self.names, self.task = folder, names, task
+        wanted = names[0] + (f" (or {' / '.join(names[1:])})" if len(names) > 1 else "")
+        super().__init__(
+            f"{str(folder)!r} has no {wanted}, which the {task!r} task needs for its {needed_for}. "
+            f"{hint or 'Copy it from the Hub repo the weights came from.'}"
+        )
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

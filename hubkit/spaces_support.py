@@ -6,6 +6,7 @@ so they are tested without a browser and shared by every Space.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -13,7 +14,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import deque
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +25,25 @@ from PIL import Image
 
 from . import hub, viz
 from .errors import HubkitError, InvalidImageError
+from .pool import ModelPool, get_pool
 from .predictor import BASE, Predictor, load
 from .tasks import get_task, to_pil
 
 logger = logging.getLogger(__name__)
 DEPTH_TASK = "depth-estimation"
 MAX_DEMO_PIXELS = 50_000_000  # a Space refuses bigger uploads before decoding them
-KEEP_REQUESTS = 16  # per-request output folders kept on disk (the UI has copied older ones already)
-MAX_RESIDENT_BASES = int(os.environ.get("HUBKIT_SPACE_MAX_BASES", "2"))  # memory cap per Space process
+# Gradio copies returned files into its own cache before answering, so a request's folder is needed only while
+# its handler runs; a few are kept for requests running at once (the queue's concurrency), within a byte budget.
+KEEP_REQUESTS = 8
+MAX_REQUEST_BYTES = 512 * 2**20
+ADAPTER_DIRS_ENV = "HUBKIT_SPACE_ADAPTER_DIRS"  # adapter folders an operator lets requests load (os.pathsep-separated)
+# One text for every adapter a request may not load, so answers do not tell what exists on the server's disk.
+ADAPTER_NOT_AVAILABLE = (
+    "That adapter is not available on this server: it loads adapters from its store (the Adapters menu), "
+    f"Hub repo ids when it is online, and folders its operator lists in {ADAPTER_DIRS_ENV}."
+)
+# Bases one Space keeps in the shared model pool (0: no count cap); bytes are bounded by the pool (HUBKIT_POOL_BYTES).
+MAX_RESIDENT_BASES = int(os.environ.get("HUBKIT_SPACE_MAX_BASES", "2"))
 
 
 # -- what the store offers -----------------------------------------------------------------------------
@@ -74,26 +87,71 @@ def available_bases(task: str, *, store=None) -> list[str]:
 
 
 def available_adapters(task: str, base: str, *, store=None) -> list[str]:
-    """LoRA adapter repos in the local store whose adapter_config.json names `base` as base model."""
+    """Adapters for `base`: LoRA repos in the local store and folders in ``HUBKIT_SPACE_ADAPTER_DIRS`` whose
+    adapter_config.json names `base` as base model."""
     get_task(task)  # an unknown task fails here, listing the known ones
     store = store or _local_store()
     adapters = [
         ref.repo_id
         for ref in store.list_repos("model")
-        if "adapter_config.json" in _head_files(store, ref.repo_id) and _adapter_base(store, ref.repo_id) == str(base)
+        if "adapter_config.json" in _head_files(store, ref.repo_id)
+        and _adapter_base(hub.pull(ref.repo_id, hub=store, include=["adapter_config.json"]), ref.repo_id) == str(base)
     ]
+    adapters += [name for name, folder in allowed_adapter_dirs().items() if _adapter_base(folder, name) == str(base)]
     if task == DEPTH_TASK:  # e.g. Hub adapter ids on a Space, whose local store starts empty
         adapters += [a.strip() for a in os.environ.get("HUBKIT_DEPTH_ADAPTERS", "").split(",") if a.strip()]
     return sorted(set(adapters))
 
 
-def _adapter_base(store, repo_id: str) -> str | None:
-    folder = hub.pull(repo_id, hub=store, include=["adapter_config.json"])
+def _adapter_base(folder: Path, name: str) -> str | None:
     try:
         return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError):
-        logger.warning("%s: adapter_config.json is unreadable; not listed", repo_id)
+        logger.warning("%s: adapter_config.json is unreadable; not listed", name)
         return None
+
+
+def allowed_adapter_dirs() -> dict[str, Path]:
+    """Adapter folders the operator lets Space requests load, by the name a request must give, exactly.
+
+    ``HUBKIT_SPACE_ADAPTER_DIRS`` lists folders (os.pathsep-separated): one holding adapter_config.json is an
+    adapter, named by the entry as written; of any other folder, each direct subfolder holding
+    adapter_config.json is one, named ``<entry>/<subfolder>``. Other spellings of these paths are not matched.
+    """
+    found: dict[str, Path] = {}
+    for entry in (e.strip() for e in os.environ.get(ADAPTER_DIRS_ENV, "").split(os.pathsep)):
+        if not entry:
+            continue
+        folder = Path(entry).expanduser()
+        if (folder / "adapter_config.json").is_file():
+            found[entry] = folder
+        elif folder.is_dir():
+            for child in sorted(folder.iterdir()):
+                if (child / "adapter_config.json").is_file():
+                    found[os.path.join(entry, child.name)] = child
+        else:
+            logger.warning("%s: %r is not a folder; ignored", ADAPTER_DIRS_ENV, entry)
+    return found
+
+
+def resolve_adapter(name: str) -> Path:
+    """The local folder of an adapter a Space request names, if this server allows it.
+
+    Allowed: a folder from ``HUBKIT_SPACE_ADAPTER_DIRS`` (named as `allowed_adapter_dirs` lists it) or a repo id
+    holding adapter_config.json in the local store, or on the Hub when it is reachable. Anything else (a server
+    path, a missing repo, a repo that is not an adapter) raises HubkitError with ADAPTER_NOT_AVAILABLE, the same
+    text whatever the name and whatever exists on disk, so a client cannot probe the server's files.
+    """
+    folders = allowed_adapter_dirs()
+    if isinstance(name, str) and name in folders:
+        return folders[name]
+    try:
+        hub.parse_repo_id(name)  # never a path: "etc/ssl" is a repo id here, not a folder under the working dir
+        if (hub.pull(name, include=["adapter_config.json"]) / "adapter_config.json").is_file():
+            return hub.pull(name)
+    except (HubkitError, OSError, ValueError) as err:  # a bad id, in no store, no such file, Hub unreachable
+        logger.info("adapter %r refused: %s", name, err)
+    raise HubkitError(ADAPTER_NOT_AVAILABLE)
 
 
 def default_base(task: str, *, store=None) -> str:
@@ -118,6 +176,86 @@ def default_base(task: str, *, store=None) -> str:
 
     tiny_repo = FAMILIES[spec.tiny_family].repo_name
     return tiny_repo if store.exists(tiny_repo) else spec.default_base
+
+
+# -- temporary outputs ---------------------------------------------------------------------------------
+_shutdown_watchers: set[asyncio.Task] = set()  # strong references: the event loop keeps only weak ones
+
+
+class RequestDirs:
+    """Per-request output folders under one temporary folder per Space, capped and removed on exit.
+
+    Gradio copies each file a handler returns into its cache (GRADIO_TEMP_DIR) before it answers, so a
+    request's folder is needed only while its handler runs. `new` keeps the newest `keep` folders (requests
+    running at once) and drops older ones past `max_bytes`; the whole folder goes at interpreter exit (an
+    atexit hook), on `cleanup`, and when a server started with `clean_on_shutdown` stops.
+    """
+
+    def __init__(self, prefix: str, *, keep: int = KEEP_REQUESTS, max_bytes: int = MAX_REQUEST_BYTES):
+        if keep < 1:
+            raise HubkitError(f"keep must be at least 1 (the request being answered); got {keep!r}")
+        self.prefix, self.keep, self.max_bytes = prefix, keep, max_bytes
+        self._lock = threading.Lock()
+        self._root: Path | None = None
+        self._recent: deque[Path] = deque()
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def root(self) -> Path | None:
+        """The folder holding this process's request folders (None before the first request)."""
+        return self._root
+
+    def root_exists(self) -> bool:
+        return self._root is not None and self._root.is_dir()
+
+    def new(self) -> Path:
+        """A fresh folder for one request's files; the oldest ones go past the caps."""
+        with self._lock:
+            if not self.root_exists():
+                self._root = Path(tempfile.mkdtemp(prefix=self.prefix))
+                self._recent.clear()
+                # weakref.finalize runs at interpreter exit too (through atexit), and only once
+                self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._root), ignore_errors=True)
+            sizes = [_folder_bytes(folder) for folder in self._recent]
+            # make room for the new folder; the newest existing one stays (a request may still be writing it)
+            while len(self._recent) >= self.keep or (len(self._recent) > 1 and sum(sizes) > self.max_bytes):
+                shutil.rmtree(self._recent.popleft(), ignore_errors=True)
+                sizes.pop(0)
+            folder = Path(tempfile.mkdtemp(prefix="request-", dir=self._root))
+            self._recent.append(folder)
+            return folder
+
+    def cleanup(self) -> None:
+        """Remove every request folder and the folder holding them; a later `new` starts afresh."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._recent.clear()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def clean_on_shutdown(demo, outputs: RequestDirs) -> None:
+    """Remove `outputs` when the server running the Gradio `demo` stops (`demo.close()`, Ctrl-C, or the app it
+    is mounted in shutting down), not only at interpreter exit.
+
+    A startup event starts a task that waits forever; uvicorn's event loop cancels it as the server stops.
+    """
+
+    async def wait_for_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            outputs.cleanup()
+
+    async def start_watching() -> None:
+        task = asyncio.get_running_loop().create_task(wait_for_shutdown())
+        _shutdown_watchers.add(task)
+        task.add_done_callback(_shutdown_watchers.discard)
+
+    demo.extra_startup_events.append(start_watching)
 
 
 # -- the depth Space -----------------------------------------------------------------------------------
@@ -181,23 +319,33 @@ def parse_intrinsics(fx, fy, cx=None, cy=None) -> tuple[float, float, float | No
 
 
 class DepthDemo:
-    """The depth Space's logic: one lazily loaded Predictor per base, adapters loaded once and switched.
+    """The depth Space's logic, on predictors from the process's shared model pool (`hubkit.pool`).
 
-    Nothing loads at construction; the first `run` for a base loads it, later runs reuse it and only
-    `set_adapter` between adapters.
+    Nothing loads at construction; the first `run` for a base loads it into the pool, later runs (of this Space or
+    any other asking for the same base) reuse it and only `set_adapter` between adapters, attached once. The pool's
+    byte budget bounds memory across Spaces; this Space also keeps at most ``HUBKIT_SPACE_MAX_BASES`` of its bases
+    there (0: no cap), evicting its least recently used one unless a request is using it.
     """
 
     task = DEPTH_TASK
 
-    def __init__(self, *, device: str | None = None, max_pixels: int = MAX_DEMO_PIXELS, cmap: str = "Spectral_r"):
+    def __init__(
+        self,
+        *,
+        device: str | None = None,
+        max_pixels: int = MAX_DEMO_PIXELS,
+        cmap: str = "Spectral_r",
+        outputs: RequestDirs | None = None,
+        pool: ModelPool | None = None,
+    ):
         self.device = device or os.environ.get("HUBKIT_DEVICE", "auto")
         self.max_pixels = max_pixels
         self.cmap = cmap
-        self._predictors: dict[str, Predictor] = {}
-        self._adapter_names: dict[tuple[str, str], str] = {}  # (base, repo id) -> PEFT adapter name
+        self.outputs = outputs or RequestDirs("hubkit-depth-")
+        self._pool = pool  # None: the process's shared pool
+        self._bases: OrderedDict[str, None] = OrderedDict()  # this Space's bases, least recently used first
+        self._adapter_folders: dict[tuple[str, str], Path] = {}  # (local store, adapter as asked) -> folder
         self._lock = threading.RLock()
-        self._out_root: Path | None = None
-        self._recent: deque[Path] = deque()
 
     # -- menus ------------------------------------------------------------------------------------------
     def default_base(self) -> str:
@@ -218,44 +366,53 @@ class DepthDemo:
             return None
         return set(self.available_bases()) | extra | {self.default_base()}
 
-    def predictor(self, base: str | None = None) -> Predictor:
-        """The Predictor for `base`, loaded on first use; the least recently used is dropped past the cap."""
-        base = base or self.default_base()
+    @property
+    def pool(self) -> ModelPool:
+        return self._pool or get_pool()
+
+    @property
+    def _predictors(self) -> dict[str, Predictor]:
+        """This Space's bases that the pool holds now, least recently used first."""
         with self._lock:
-            if base not in self._predictors:
+            bases = list(self._bases)
+        resident = {base: self.pool.peek(self.task, base, device=self.device) for base in bases}
+        return {base: predictor for base, predictor in resident.items() if predictor is not None}
+
+    def _admit(self, base: str) -> None:
+        """Check that a request may load `base`; mark it this Space's most recently used, evicting past the cap."""
+        with self._lock:
+            if base not in self._bases:
                 allowed = self.allowed_bases()
                 if allowed is not None and base not in allowed:
                     raise HubkitError(
                         f"Base {base!r} is not offered here. Choose one of: {', '.join(sorted(allowed))} "
                         "(the server's HUBKIT_DEPTH_BASES can allow more)."
                     )
-                while len(self._predictors) >= MAX_RESIDENT_BASES:
-                    evicted = next(iter(self._predictors))
-                    del self._predictors[evicted]
-                    self._adapter_names = {k: v for k, v in self._adapter_names.items() if k[0] != evicted}
-                    logger.info("dropped %s to stay within %d resident bases", evicted, MAX_RESIDENT_BASES)
-                started = time.perf_counter()
-                self._predictors[base] = load(self.task, base, device=self.device)
-                logger.info("loaded %s in %.1f s", base, time.perf_counter() - started)
-            self._predictors[base] = self._predictors.pop(base)  # most recently used last
-            return self._predictors[base]
+                while MAX_RESIDENT_BASES > 0 and len(self._bases) >= MAX_RESIDENT_BASES:
+                    evicted, _ = self._bases.popitem(last=False)
+                    if self.pool.evict(self.task, evicted, device=self.device):
+                        logger.info("dropped %s to stay within %d bases per Space", evicted, MAX_RESIDENT_BASES)
+            self._bases[base] = None
+            self._bases.move_to_end(base)
 
-    def _adapter(self, predictor: Predictor, base: str, repo_id: str) -> str:
-        key = (base, repo_id)
-        if key not in self._adapter_names:
-            self._adapter_names[key] = predictor.add_adapter(repo_id, name=_adapter_name(repo_id))
-        return self._adapter_names[key]
+    @staticmethod
+    def _load(task: str, base: str, **options) -> Predictor:
+        return load(task, base, **options)  # the module's `load`, looked up at call time (tests stand in for it)
+
+    def predictor(self, base: str | None = None) -> Predictor:
+        """The pool's Predictor for `base`, loaded on first use (adapters as the last request left them)."""
+        base = base or self.default_base()
+        self._admit(base)
+        return self.pool.predictor(self.task, base, loader=self._load, device=self.device)
+
+    def _adapter_folder(self, repo_id: str) -> Path:
+        """The folder of an adapter a request names, checked against what this server allows once per store."""
+        key = (str(hub.local_home()), repo_id)
+        if key not in self._adapter_folders:
+            self._adapter_folders[key] = resolve_adapter(repo_id)
+        return self._adapter_folders[key]
 
     # -- outputs ----------------------------------------------------------------------------------------
-    def _request_dir(self) -> Path:
-        if self._out_root is None or not self._out_root.is_dir():
-            self._out_root = Path(tempfile.mkdtemp(prefix="hubkit-depth-"))
-        folder = Path(tempfile.mkdtemp(prefix="request-", dir=self._out_root))
-        self._recent.append(folder)
-        while len(self._recent) > KEEP_REQUESTS:
-            shutil.rmtree(self._recent.popleft(), ignore_errors=True)
-        return folder
-
     def render(self, prediction) -> tuple[np.ndarray, tuple[float, float], str]:
         """A colourised map with its legend underneath; metric depth is shown in millimetres."""
         unit = "relative" if prediction.relative else "mm"
@@ -282,18 +439,23 @@ class DepthDemo:
         pil = check_upload(image, max_pixels=self.max_pixels)
         base = base or self.default_base()
         adapters = [adapters] if isinstance(adapters, str) else [a for a in (adapters or []) if a]
+        if not all(isinstance(a, str) for a in adapters):  # API callers can send any JSON
+            raise HubkitError(ADAPTER_NOT_AVAILABLE)
         if intrinsics is not None:
             if len(intrinsics) != 4:
                 raise HubkitError(f"intrinsics must be (fx, fy, cx, cy) in pixels; got {intrinsics!r}")
             fx, fy, cx, cy = intrinsics  # cx / cy None: the image centre
             intrinsics = (fx, fy, (pil.width - 1) / 2 if cx is None else cx, (pil.height - 1) / 2 if cy is None else cy)
-        with self._lock:
-            predictor = self.predictor(base)
-            names = {repo: self._adapter(predictor, base, repo) for repo in adapters}
+        with self._lock:  # adapters are checked before the base loads: a refused one costs no model load
+            folders = {_adapter_name(repo): self._adapter_folder(repo) for repo in adapters}
+            self._admit(base)
+        names = {repo: _adapter_name(repo) for repo in adapters}
+        # the lease keeps the model from eviction and from other requests while this one predicts
+        with self.pool.lease(self.task, base, folders, loader=self._load, device=self.device) as predictor:
             predictions = {BASE: predictor.predict(pil, adapter=BASE)}
             for repo, name in names.items():
                 predictions[repo] = predictor.predict(pil, adapter=name)
-        out_dir = self._request_dir()
+        out_dir = self.outputs.new()
         rgb = np.asarray(pil)
         result: dict[str, Any] = {"adapters": {}, "range": {}, "files": [], "ply": None, "base_id": base}
         for key, prediction in predictions.items():

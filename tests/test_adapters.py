@@ -12,7 +12,7 @@ from skimage import data
 
 import hubkit
 from hubkit import tiny
-from hubkit.errors import AdapterMismatchError, UnsafeWeightsError
+from hubkit.errors import AdapterConfigError, AdapterMismatchError, UnsafePickleError, UnsafeWeightsError
 from hubkit.plan import plan
 from hubkit.tasks import LoadOptions, pretrained_kwargs
 
@@ -139,6 +139,85 @@ def test_pickle_adapters_need_opt_in(base, adapter_dirs, tmp_path):
         hubkit.load(TASK, base, adapters=[pickled])
     opted = hubkit.load(TASK, base, adapters=[pickled], allow_pickle=True)
     assert same(depth(opted), depth(hubkit.load(TASK, base, adapters=[adapter_dirs[0]])))
+
+
+class NotATensor:
+    """Any class of the user's: weights_only=True refuses to rebuild it."""
+
+
+def _pickled_adapter(adapter, folder, state) -> object:
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    torch.save(state, folder / "adapter_model.bin")
+    return folder
+
+
+def test_opted_in_pickle_holding_a_class_is_refused(base, adapter_dirs, tmp_path):
+    state = {**load_file(adapter_dirs[0] / "adapter_model.safetensors"), "extra": NotATensor()}
+    pickled = _pickled_adapter(adapter_dirs[0], tmp_path / "pickled", state)
+    with pytest.raises(UnsafePickleError, match="non-tensor objects.*weights_only=True") as err:
+        hubkit.load(TASK, base, adapters=[pickled], allow_pickle=True)
+    assert err.value.path == pickled / "adapter_model.bin" and "NotATensor" in err.value.detail
+    assert isinstance(err.value, UnsafeWeightsError)
+
+
+def test_opted_in_pickle_that_is_truncated_or_not_a_state_dict(base, adapter_dirs, tmp_path):
+    good = load_file(adapter_dirs[0] / "adapter_model.safetensors")
+    truncated = _pickled_adapter(adapter_dirs[0], tmp_path / "truncated", good)
+    data_file = truncated / "adapter_model.bin"
+    data_file.write_bytes(data_file.read_bytes()[:200])
+    with pytest.raises(AdapterMismatchError, match="corrupt or truncated"):
+        hubkit.load(TASK, base, adapters=[truncated], allow_pickle=True)
+    strings = _pickled_adapter(adapter_dirs[0], tmp_path / "strings", {**good, "note": "hello"})
+    with pytest.raises(AdapterMismatchError, match="str at 'note'"):
+        hubkit.load(TASK, base, adapters=[strings], allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("r", True),
+        ("r", 0),
+        ("lora_alpha", "32"),
+        ("lora_dropout", "0.1"),
+        ("target_modules", ["q_proj", 3]),
+        ("modules_to_save", "head"),
+        ("bias", "some"),
+        ("base_model_name_or_path", 5),
+    ],
+)
+def test_adapter_config_fields_of_the_wrong_type_are_named(base, adapter_dirs, tmp_path, field, value):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dirs[0], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    p = hubkit.load(TASK, base)
+    with pytest.raises(AdapterConfigError, match=f"field '{field}' must be") as err:
+        p.add_adapter(bad)
+    assert (err.value.field, err.value.value) == (field, value) and str(bad / "adapter_config.json") in str(err.value)
+    assert not p.adapters
+
+
+def test_configs_peft_writes_pass_the_check(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from hubkit.adapters import check_adapter_config
+
+    settings = {
+        "target_modules": "0",
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.1,
+        "init_lora_weights": "gaussian",
+        "rank_pattern": {"0": 4},
+        "use_rslora": True,
+        "modules_to_save": ["1"],
+    }
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    get_peft_model(model, LoraConfig(**settings)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert check_adapter_config(config, tmp_path / "adapter_config.json") is config
 
 
 def test_pickle_only_base_is_refused(base, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_serve import write_spaces
 from test_space_depth import free_port, store_template
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,11 +43,21 @@ def _need_chromium() -> None:
 def server(tmp_path_factory, isolated_home, tmp_path):
     """`hubkit serve` on a free port over a bootstrapped store; killed at the end."""
     shutil.copytree(store_template(tmp_path_factory), isolated_home, ignore=shutil.ignore_patterns(".complete"))
+    with _run_server(isolated_home, tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _run_server(home: Path, tmp_path: Path, *args: str):
+    """`hubkit serve ARGS` on a free port; yields its URL once the landing page answers, then kills it."""
     port = free_port()
-    env = {**os.environ, "HUBKIT_HOME": str(isolated_home), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "HUBKIT_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(tmp_path / "serve.log", "w+b")  # noqa: SIM115  (closed below, after the process)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hubkit", "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        [sys.executable, "-m", "hubkit", "serve", "--port", str(port), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -108,3 +120,50 @@ def test_depth_space_in_chromium(server, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "depth-space.png").stat().st_size > 10_000
+
+
+def test_landing_and_broken_space_in_chromium(isolated_home, tmp_path):
+    """Every kind of Space on the landing page, then the broken one's error page; the others still open."""
+    _need_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+    spaces = write_spaces(tmp_path / "spaces")
+    with (
+        _run_server(isolated_home, tmp_path, "--spaces-dir", str(spaces), "--no-bootstrap") as url,
+        sync_api.sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            expect(page.locator(".hubkit-tile")).to_have_count(4)
+            for name, text in [
+                ("sums", "FastAPI"),
+                ("shout", "Gradio"),
+                ("broken", "broken: ImportError: no module named foo"),
+                ("gallery", "streamlit run"),
+            ]:
+                expect(page.locator(f".hubkit-tile[data-space={name}]")).to_contain_text(text)
+            expect(page.get_by_role("link", name="/api/health")).to_be_visible()
+            expect(page.get_by_role("link", name="/api/pool")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "landing.png"), full_page=True)
+
+            with page.expect_navigation() as navigation:
+                page.get_by_role("link", name="Broken demo").click()
+            assert navigation.value.status == 500
+            assert page.url.endswith("/spaces/broken/")
+            expect(page.get_by_role("heading")).to_contain_text("failed to load")
+            expect(page.get_by_text("ImportError: no module named foo")).to_be_visible()
+            assert "Traceback" not in page.content()
+            page.screenshot(path=str(tmp_path / "broken.png"), full_page=True)
+
+            page.go_back()  # the landing page again; the Spaces beside the broken one still open
+            page.get_by_role("link", name="Sum API").click()
+            expect(page.get_by_role("heading", name="Sum service")).to_be_visible()
+            page.goto(url + "spaces/shout/")
+            expect(page.get_by_role("button", name="Shout")).to_be_visible()
+        finally:
+            browser.close()
+    assert (tmp_path / "landing.png").stat().st_size > 10_000
+    assert (tmp_path / "broken.png").stat().st_size > 5_000

@@ -79,3 +79,28 @@ def test_space_export_vendors_hubkit(tmp_path):
     assert again.returncode == 1 and "not empty" in again.stderr
     missing = run_cli("space", "export", "nope", "--to", str(tmp_path / "x"))
     assert missing.returncode == 1 and "depth" in missing.stderr
+
+
+def test_push_refuses_links_out_of_the_folder_in_one_line(tmp_path):
+    (tmp_path / "secret.txt").write_bytes(b"hf_token")
+    src = make_folder(tmp_path / "f", FILES)
+    (src / "passwd").symlink_to("/etc/passwd")
+    (src / "tok").symlink_to("../secret.txt")
+    proc = run_cli("push", str(src), "me/demo")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "passwd -> /etc/passwd" in lines[0] and "tok -> ../secret.txt" in lines[0]
+    assert run_cli("ls", check=True).stdout.strip() == ""
+
+
+def test_gc_cli(tmp_path):
+    run_cli("push", str(make_folder(tmp_path / "f", FILES)), "me/demo", check=True)
+    out = run_cli("gc", check=True).stdout.strip()
+    assert out == "model me/demo: freed 0 object(s), 0 snapshot(s), 0 revision(s), 0 temp file(s); 0 bytes"
+    assert run_cli("gc", "--repo-type", "dataset", check=True).stdout == ""
+    helptext = " ".join(run_cli("gc", "--help", check=True).stdout.split())
+    assert "--dry-run" in helptext and "no branch or tag reaches" in helptext
+    for args, expected in ((["gc", "me/missing"], "No model repo 'me/missing'"), (["gc", "--hub", "hf"], "local")):
+        proc = run_cli(*args)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], (args, proc.stderr)

@@ -10,6 +10,7 @@ from PIL import Image
 from skimage import data
 
 from hubkit import hub, tiny
+from hubkit.bootstrap import NOTICE, SAMPLE_DEPTH_DATA, demo_adapter_repo
 from hubkit.tasks import list_tasks
 
 
@@ -19,11 +20,17 @@ def test_bootstrap_fills_the_store_offline_and_is_idempotent():
     assert {spec.repo_name for spec in tiny.FAMILIES.values()} <= repos
     assert any(r.endswith("-demo-lora-0") for r in repos)
     assert len(proc.stdout.strip().splitlines()) == len(repos)
-    card = run_cli("card", "hubkit-tiny/depth-anything", check=True).stdout
-    assert "random" in card.lower() or "hubkit-tiny" in card
+    # every task gets its demo adapters, and the sample depth data set is there
+    assert {demo_adapter_repo(task, i) for task in list_tasks() for i in range(2)} <= repos
+    assert hub.get_store().exists(SAMPLE_DEPTH_DATA, repo_type="dataset")
+    # the tiny model's card passes `hubkit card` (check=True: no problems) and says it is random and what it mimics
+    spec = tiny.FAMILIES["depth-anything"]
+    card = json.loads(run_cli("card", spec.repo_name, "--json", check=True).stdout)
+    assert card["pipeline_tag"] == spec.pipeline_tag and "random-weights" in card["tags"]
+    readme = (hub.pull(spec.repo_name) / "README.md").read_text()
+    assert NOTICE.format(what="model", real=spec.real_repo_id) in readme
     again = run_cli("bootstrap", "--offline", check=True)
     assert again.stdout.strip() == ""  # nothing new
-    assert len(list_tasks()) >= 1
 
 
 def test_predict_writes_outputs_and_reports_bad_inputs(tmp_path):

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
+from hubkit import tiny
 from hubkit.data import (
     ZividDepthDataset,
     ZividSample,
@@ -93,6 +100,99 @@ def test_scan_missing_or_empty_folders(tmp_path):
         scan_zivid(tmp_path)
     with pytest.raises(DataError, match="no images/ folder"):
         scan_zivid(tmp_path / "nowhere")
+
+
+# The seed's Zivid export: images/<scene>_color.png with depth/<scene>_rawDepth.npy (scene = a timestamp).
+SEED_SCENES = [f"2{1 + i % 2}-{1 + i % 12:02d}-{3 + i:02d}-18-52-{10 + i:02d}_Zivid_acquisition" for i in range(15)]
+
+
+def _write(root: Path, image_name: str, depth_name: str, seed: int = 0) -> None:
+    """One pair under any names: a crop of scikit-image's astronaut photo and an XYZ map of its size."""
+    from PIL import Image
+    from skimage import data
+
+    y, x = 16 * (seed % 8), 24 * (seed // 8)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "depth").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.astronaut()[y : y + H, x : x + W]).save(root / "images" / image_name)
+    np.save(root / "depth" / depth_name, _xyz(_depth(seed)))
+
+
+def test_scan_pairs_seed_named_files(tmp_path):
+    for i, scene in enumerate(SEED_SCENES):
+        _write(tmp_path, f"{scene}_color.png", f"{scene}_rawDepth.npy", seed=i)
+    report = scan_zivid(tmp_path)
+    assert len(report.samples) == 15 and not report.problems()
+    assert [s.stem for s in report.samples] == sorted(SEED_SCENES)
+    first = report.samples[0]
+    assert first.image_path.name == f"{first.stem}_color.png" and first.depth_path.name == f"{first.stem}_rawDepth.npy"
+    rgb, depth, valid = load_pair(first)
+    assert rgb.shape == (H, W, 3) and depth.shape == (H, W) and valid.all()
+    assert report.summary() == f"15 usable pairs in {tmp_path}"
+
+
+def test_scan_mixes_exact_and_suffixed_stems_exact_first(tmp_path):
+    names = [
+        ("a.png", "a.npy"),  # exact stems, as before
+        ("b_color.png", "b_depth.npy"),
+        ("c.png", "c_xyz.npy"),  # only one side carries a role suffix
+        ("d_rgb.png", "d.npy"),
+        ("e-image.png", "e-pointcloud.npy"),  # "-" separator
+        ("f_color.png", "f_color.npy"),  # exact wins: f_color pairs with f_color, not with f_depth
+        ("g.png", "g.npy"),
+    ]
+    for i, (image, depth) in enumerate(names):
+        _write(tmp_path, image, depth, seed=i)
+    np.save(tmp_path / "depth" / "f_depth.npy", _xyz(_depth(9)))
+    np.save(tmp_path / "depth" / "g_depth.npy", _xyz(_depth(9)))  # g.png is taken by g.npy
+    report = scan_zivid(tmp_path)
+    pairs = {s.stem: (s.image_path.name, s.depth_path.name) for s in report.samples}
+    assert pairs == dict(zip(["a", "b", "c", "d", "e", "f_color", "g"], names, strict=True))
+    assert [p.name for p in report.unpaired_depth] == ["f_depth.npy", "g_depth.npy"]
+    assert not report.unpaired_images and not report.ambiguous and not report.unreadable
+
+
+def test_scan_reports_ambiguous_matches_and_pairs_none_of_them(tmp_path, caplog):
+    _write(tmp_path, "ok_color.png", "ok_rawDepth.npy", seed=0)
+    _write(tmp_path, "a_color.png", "a_depth.npy", seed=1)
+    _write(tmp_path, "a_rgb.png", "unused.npy", seed=2)  # a second image for scene "a"
+    (tmp_path / "depth" / "unused.npy").unlink()
+    _write(tmp_path, "b_color.png", "b_depth.npy", seed=3)
+    np.save(tmp_path / "depth" / "b_xyz.npy", _xyz(_depth(3)))  # a second depth map for scene "b"
+    _write(tmp_path, "c.png", "c.npy", seed=4)
+    _write(tmp_path, "c_color.png", "c_depth.npy", seed=5)  # scene "c" is already the exact pair c.png + c.npy
+    with caplog.at_level(logging.WARNING, logger="hubkit.data.zivid"):
+        report = scan_zivid(tmp_path)
+    assert [s.stem for s in report.samples] == ["c", "ok"]
+    assert report.samples[0].image_path.name == "c.png"
+    found = {m.stem: ([p.name for p in m.images], [p.name for p in m.depths]) for m in report.ambiguous}
+    assert found == {
+        "a": (["a_color.png", "a_rgb.png"], ["a_depth.npy"]),
+        "b": (["b_color.png"], ["b_depth.npy", "b_xyz.npy"]),
+        "c": (["c_color.png"], ["c_depth.npy"]),
+    }
+    assert not report.unpaired_images and not report.unpaired_depth  # counted as ambiguous, not twice
+    summary = report.summary()
+    assert summary.startswith("2 usable pairs") and "3 ambiguous matches, not paired" in summary
+    assert "a_color.png + a_rgb.png / a_depth.npy (scene 'a': 2 images, 1 depth maps)" in summary
+    assert "already an exact-stem pair" in summary and "3 ambiguous" in caplog.text
+    (tmp_path / "depth" / "ok_rawDepth.npy").unlink()
+    (tmp_path / "depth" / "c.npy").unlink()  # now c.png and c_color.png both claim c_depth.npy
+    with pytest.raises(DataError, match=r"0 usable pairs in .*3 ambiguous matches, not paired: a_color.png") as err:
+        scan_zivid(tmp_path)
+    assert "c.png + c_color.png / c_depth.npy (scene 'c': 2 images, 1 depth maps)" in str(err.value)
+
+
+def test_scan_role_suffixes_ignore_case_and_need_a_scene(tmp_path):
+    _write(tmp_path, "s1_Color.png", "s1_RawDepth.npy", seed=0)
+    _write(tmp_path, "s2_RGB.PNG", "s2-DEPTH.npy", seed=1)
+    _write(tmp_path, "s3_IMAGE.png", "s3_XYZ.npy", seed=2)
+    _write(tmp_path, "color.png", "depth.npy", seed=3)  # a role with no scene name before it is just a stem
+    _write(tmp_path, "s4_colour.png", "s4_depthmap.npy", seed=4)  # not a listed role suffix
+    report = scan_zivid(tmp_path)
+    assert [s.stem for s in report.samples] == ["s1", "s2", "s3"]
+    assert [p.name for p in report.unpaired_images] == ["color.png", "s4_colour.png"]
+    assert [p.name for p in report.unpaired_depth] == ["depth.npy", "s4_depthmap.npy"]
 
 
 def test_load_pair_marks_invalid_as_nan(tmp_path):
@@ -217,3 +317,27 @@ def test_motorcycle_is_deterministic(motorcycle, tmp_path):
     assert (again / name).read_bytes() == (motorcycle / name).read_bytes()
     assert (other / name).read_bytes() != (motorcycle / name).read_bytes()
     assert not (other / "images" / "motorcycle_full.png").exists()
+
+
+@pytest.mark.slow
+def test_depth_trainer_runs_on_seed_named_folder(motorcycle, tmp_path):
+    """accelerate launch trainers/depth_lora.py on real data named as the seed's Zivid export (~12 s)."""
+    data = tmp_path / "DATASET_DEVOIR"
+    for folder in ("images", "depth"):
+        (data / folder).mkdir(parents=True)
+    stems = sorted(p.stem for p in (motorcycle / "images").glob("*.png"))
+    for scene, stem in zip(SEED_SCENES, stems, strict=False):
+        shutil.copy(motorcycle / "images" / f"{stem}.png", data / "images" / f"{scene}_color.png")
+        shutil.copy(motorcycle / "depth" / f"{stem}.npy", data / "depth" / f"{scene}_rawDepth.npy")
+    base = tiny.build("depth-anything", tmp_path / "base")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "trainers" / "depth_lora.py")]
+    cmd += ["--config", str(ROOT / "trainers" / "configs" / "depth_zivid.yaml"), "--data", str(data)]
+    cmd += ["--base", str(base), "--max_steps", "2", "--input_size", "56", "--output_dir", str(tmp_path / "run")]
+    cmd += ["--report_to", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(stems)} usable pairs in {data}" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and Path(result["adapter"]).is_dir()

@@ -172,8 +172,8 @@ KILLED_PUSH = textwrap.dedent(
     from hubkit.hub import _local
     stage = sys.argv[3]
     real_write, real_store = _local._atomic_write, _local.LocalStore._store_object
-    def slow_store(self, path, source):
-        out = real_store(self, path, source)
+    def slow_store(self, *args, **kwargs):
+        out = real_store(self, *args, **kwargs)
         if stage == "objects":
             open(sys.argv[4], "w").close(); time.sleep(60)
         return out
@@ -239,3 +239,130 @@ def test_resolve_accepts_paths(tmp_path):
     assert hub.resolve(folder) == Path(folder)
     with pytest.raises(RepoNotFoundError):
         hub.resolve("me/absent")
+
+
+# -- links and unreadable paths: both stores push what scan_folder returns -------------------------
+
+
+def _stored_objects(home: Path) -> list[Path]:
+    return [p for p in home.rglob("objects/*/*") if p.is_file()] if home.exists() else []
+
+
+def test_links_that_leave_the_folder_are_refused_by_name(tmp_path, isolated_home):
+    (tmp_path / "secret.txt").write_bytes(b"hf_token")
+    outside = make_folder(tmp_path / "outside", {"x.txt": b"x"})
+    src = make_folder(tmp_path / "src", {"a.txt": b"a"})
+    (src / "passwd").symlink_to("/etc/passwd")
+    (src / "token").symlink_to("../secret.txt")
+    (src / "sub").mkdir()
+    (src / "sub" / "ext").symlink_to(outside)
+    for store in (hub.LocalStore(isolated_home), hub.HfStore(endpoint="http://127.0.0.1:9", token="hf_x")):
+        with pytest.raises(EmptyFolderError) as err:  # the Hub store refuses before contacting anything
+            store.push(src, "me/demo")
+        for shown in ("passwd -> /etc/passwd", "token -> ../secret.txt", f"sub/ext -> {outside}"):
+            assert shown in str(err.value), (store, str(err.value))
+        assert "outside the folder" in str(err.value)
+    assert hub.list_repos() == [] and _stored_objects(isolated_home) == []
+    info = hub.push(src, "me/demo", exclude=["passwd", "token", "sub/ext/*"])  # excluded links are not followed
+    assert sorted(info.files) == ["a.txt"]
+
+
+def test_links_inside_the_folder_are_pushed_as_the_files_they_point_to(tmp_path):
+    src = make_folder(tmp_path / "src", {"cfg.json": b"{}", "data/w.bin": b"w" * 100, "data/deep/d.txt": b"d"})
+    (src / "alias.json").symlink_to("cfg.json")
+    (src / "mirror").symlink_to("data")  # a folder link inside: followed
+    (src / "data" / "up.json").symlink_to("../cfg.json")  # leaves data/ but not the pushed folder
+    info = hub.push(src, "me/demo")
+    expected = {
+        "alias.json": b"{}",
+        "cfg.json": b"{}",
+        "data/deep/d.txt": b"d",
+        "data/up.json": b"{}",
+        "data/w.bin": b"w" * 100,
+        "mirror/deep/d.txt": b"d",
+        "mirror/up.json": b"{}",
+        "mirror/w.bin": b"w" * 100,
+    }
+    assert sorted(info.files) == sorted(expected)
+    out = hub.pull("me/demo", to=tmp_path / "out")
+    assert folder_bytes(out) == expected
+    assert not any(p.is_symlink() for p in out.rglob("*"))  # pulled as regular files
+
+
+def test_the_hub_store_pushes_links_inside_the_folder_the_same_way(tmp_path, monkeypatch):
+    from fake_hf_hub import FakeHub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    src = make_folder(tmp_path / "src", {"cfg.json": b"{}", "data/w.bin": b"w" * 100})
+    (src / "alias.json").symlink_to("cfg.json")
+    (src / "mirror").symlink_to("data")
+    token = "hf_fakeWriteToken0123456789"
+    with FakeHub(tokens=(token,)) as server:
+        hf = hub.HfStore(endpoint=server.endpoint, token=token, cache_dir=tmp_path / "hf-cache")
+        hf.push(src, "me/demo")
+        out = hf.pull("me/demo", to=tmp_path / "out")
+    pulled = {k: v for k, v in folder_bytes(out).items() if k != ".gitattributes"}
+    hub.push(src, "me/demo")  # and the local store, to compare
+    assert pulled == folder_bytes(hub.pull("me/demo"))
+    assert sorted(pulled) == ["alias.json", "cfg.json", "data/w.bin", "mirror/w.bin"]
+
+
+def test_broken_looping_and_excluded_target_links_are_refused(tmp_path, isolated_home):
+    src = make_folder(tmp_path / "src", {"a.txt": b"a", ".git/config": b"url=https://user:tok@host", "s/k": b"k"})
+    (src / "gone").symlink_to("missing.txt")
+    (src / "self").symlink_to("self")
+    (src / "sub").mkdir()
+    (src / "sub" / "up").symlink_to("..")
+    (src / "gitcfg").symlink_to(".git/config")  # .git is never pushed, not even through a link
+    (src / "key").symlink_to("s/k")
+    with pytest.raises(EmptyFolderError) as err:
+        hub.push(src, "me/demo", exclude=["s/*"])
+    msg = str(err.value)
+    for shown in (
+        "gone -> missing.txt (broken",
+        "self -> self (",
+        "sub/up -> .. (a link loop",
+        "gitcfg -> .git/config",
+    ):
+        assert shown in msg, msg
+    assert "key -> s/k (points at an excluded path" in msg
+    assert _stored_objects(isolated_home) == []
+
+
+def _deny(monkeypatch, denied: Path) -> None:
+    """Make `denied` unreadable even for root (tests run as root, where chmod 000 blocks nothing)."""
+    denied = os.path.realpath(denied)
+    real_scandir, real_open = os.scandir, open
+
+    def scandir(path="."):
+        if not isinstance(path, int) and os.path.realpath(path) == denied:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    def fake_open(file, *args, **kwargs):
+        if not isinstance(file, int) and os.path.realpath(file) == denied:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr("builtins.open", fake_open)
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_unreadable_paths_fail_the_push_and_store_nothing(tmp_path, isolated_home, monkeypatch, what):
+    src = make_folder(tmp_path / "src", {"a.txt": b"a", "private/b.txt": b"b", "private/c.txt": b"c"})
+    denied = src / "private" if what == "folder" else src / "private" / "b.txt"
+    os.chmod(denied, 0)
+    try:
+        _deny(monkeypatch, denied)
+        with pytest.raises(EmptyFolderError) as err:
+            hub.push(src, "me/demo")
+        shown = "private/ (cannot be read" if what == "folder" else "private/b.txt (cannot be read"
+        assert shown in str(err.value) and "Permission denied" in str(err.value)
+        assert hub.list_repos() == [] and _stored_objects(isolated_home) == []
+        info = hub.push(src, "me/demo", exclude=["private/*"])  # an excluded folder is never read
+        assert sorted(info.files) == ["a.txt"]
+    finally:
+        os.chmod(denied, 0o755)

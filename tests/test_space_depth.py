@@ -6,6 +6,9 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -17,11 +20,12 @@ from skimage import data
 from hubkit import hub, spaces_support, viz
 from hubkit.bootstrap import bootstrap, demo_adapter_repo
 from hubkit.errors import InvalidImageError
-from hubkit.spaces_support import DepthDemo
+from hubkit.spaces_support import DepthDemo, RequestDirs
 
 TASK = "depth-estimation"
 TINY_BASE = "hubkit-tiny/depth-anything"
 LORA0, LORA1 = demo_adapter_repo(TASK, 0), demo_adapter_repo(TASK, 1)
+ADAPTER_DIRS = "HUBKIT_SPACE_ADAPTER_DIRS"
 
 
 def store_template(tmp_path_factory) -> Path:
@@ -159,6 +163,16 @@ def test_menus_come_from_the_store(store, monkeypatch):
     assert DepthDemo().default_base() == "me/my-depth" and DepthDemo().available_bases()[0] == "me/my-depth"
 
 
+def handler(demo, api_name: str):
+    """The Python function behind one of the app's events (what the HTTP API calls)."""
+    return next(fn.fn for fn in demo.fns.values() if fn.api_name == api_name)
+
+
+def server_adapter(folder: Path) -> Path:
+    """A real adapter in a server folder outside the store: a client must neither load it nor learn it exists."""
+    return Path(shutil.copytree(hub.pull(LORA0), folder))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,6 +200,7 @@ def test_app_builds_without_loading_models(store, monkeypatch):
 
 
 def test_app_over_http(store, images, monkeypatch, tmp_path):
+    import httpx
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -205,7 +220,8 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
         base_img, adapted, others, files, info = predict(images["camera"])
         assert adapted["label"] == f"Adapted: {LORA0}" and others["visible"] is False
         with Image.open(base_img) as a, Image.open(adapted["value"]) as b:
-            assert a.size == b.size and a.size[0] == 160  # 128 px photo, legend 160 px wide and np.asarray(a).std() > 0
+            assert a.size == b.size and a.size[0] == 160  # 128 px photo, legend 160 px wide
+            assert np.asarray(a)[:128, :128].std() > 0  # the depth map itself varies, not only the legend under it
             assert not np.array_equal(np.asarray(a), np.asarray(b))
         assert sorted(Path(f).suffix for f in files) == [".npy", ".npy", ".ply", ".ply", ".png", ".png"]
         assert "relative" in info
@@ -216,8 +232,29 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
             predict(bad)
         _, adapted, _, files, _ = predict(images["rgba"], adapters=(LORA1, LORA0))  # the server still serves
         assert adapted["label"] == f"Adapted: {LORA1}" and len(files) == 9
+
+        refusals = set()  # a client cannot tell a server folder from a missing one
+        for probe in ("/etc", str(server_adapter(tmp_path / "server-adapter")), "/nonexistent"):
+            with pytest.raises(AppError) as err:
+                predict(images["camera"], adapters=(probe,))
+            refusals.add(str(err.value))
+        assert len(refusals) == 1 and ADAPTER_DIRS in refusals.pop()
+
+        # Gradio copies returned files into its cache before answering, so ours can go right after.
+        depth = handler(demo, "predict").__globals__["depth"]
+        depth.outputs.keep = 1
+        raw = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        args = (handle_file(str(images["camera"])), TINY_BASE, [LORA0], None, None, None, None)
+        first = raw.predict(*args, api_name="/predict")[3]
+        raw.predict(*args, api_name="/predict")
+        root = depth.outputs.root
+        assert len(list(root.iterdir())) == 1  # the first request's folder is gone...
+        for file in first:  # ... and its downloads are still served
+            response = httpx.get(file["url"], timeout=30)
+            assert response.status_code == 200 and response.content.startswith((b"\x89PNG", b"\x93NUMPY"))
     finally:
         demo.close()
+    assert not root.exists()  # the server's shutdown removed the Space's temporary outputs
 
 
 def test_requests_cannot_load_arbitrary_bases(store, images, tmp_path, monkeypatch):
@@ -238,3 +275,87 @@ def test_requests_cannot_load_arbitrary_bases(store, images, tmp_path, monkeypat
     demo.run(images["camera"], TINY_BASE, [])
     demo.run(images["camera"], str(second), [])  # a third base: the least recently used one is dropped
     assert len(demo._predictors) == 2 and str(other) not in demo._predictors
+
+
+def test_adapters_outside_the_allow_list_get_one_message(store, images, tmp_path, monkeypatch):
+    import gradio as gr
+
+    _, demo = load_app(monkeypatch)
+    predict = handler(demo, "predict")
+    image = str(images["camera"])
+    outside = server_adapter(tmp_path / "server-adapter")
+
+    def refusal(adapter: str) -> tuple[str, str]:
+        with pytest.raises(gr.Error) as err:
+            predict(image, TINY_BASE, [adapter], None, None, None, None)
+        return err.value.message, err.value.title
+
+    probes = [
+        "/etc",  # an existing server folder
+        str(outside),  # an existing folder holding a real adapter
+        "/nonexistent",
+        "../x",
+        os.path.relpath(outside),  # the same adapter, relative to the server's working directory
+        f"{outside}/../server-adapter",
+        "nobody/missing",  # a repo id in no store (the Hub is off in tests)
+        TINY_BASE,  # a store repo that is not an adapter
+    ]
+    refusals = {probe: refusal(probe) for probe in probes}
+    assert len(set(refusals.values())) == 1, refusals  # byte-identical, whatever exists on disk
+    message = refusals["/etc"][0]
+    assert ADAPTER_DIRS in message and "/etc" not in message and str(tmp_path) not in message
+
+    assert predict(image, TINY_BASE, [LORA0], None, None, None, None)[1].label == f"Adapted: {LORA0}"
+
+    # Folders the operator names: an adapter folder itself, or a folder of adapter folders.
+    parent = tmp_path / "operator"
+    server_adapter(parent / "sharp")
+    monkeypatch.setenv(ADAPTER_DIRS, os.pathsep.join([str(outside), str(parent), "/nonexistent-operator-dir"]))
+    sharp = str(parent / "sharp")
+    assert spaces_support.available_adapters(TASK, TINY_BASE) == sorted([LORA0, LORA1, str(outside), sharp])
+    for allowed in (str(outside), sharp):
+        assert predict(image, TINY_BASE, [allowed], None, None, None, None)[1].label == f"Adapted: {allowed}"
+    for probe in ("/etc", f"{outside}/../server-adapter", os.path.relpath(outside), str(parent)):
+        assert refusal(probe) == refusals["/etc"]  # only the names as listed, no other spelling or parent
+
+
+def test_request_folders_are_capped_and_removed(store, images, tmp_path, monkeypatch):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # only this test's folders are seen
+    demo = DepthDemo(device="cpu", outputs=RequestDirs("hubkit-depth-", keep=3))
+    results = [demo.run(images["camera"], TINY_BASE, [LORA0], (150.0, 150.0, None, None)) for _ in range(5)]
+    (root,) = private.glob("hubkit-depth-*")
+    kept = sorted(root.iterdir())
+    assert len(kept) == 3 and {p.parent for r in results[-3:] for p in r["files"]} == set(kept)
+    assert all(p.is_file() for p in results[-1]["files"]) and not results[0]["files"][0].exists()
+    demo.outputs.cleanup()
+    assert list(private.iterdir()) == []
+    demo.run(images["camera"], TINY_BASE, [])  # a later request starts a new folder
+    assert len(list(private.glob("hubkit-depth-*/request-*"))) == 1
+
+
+def test_request_folders_stay_under_the_byte_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dirs = RequestDirs("hubkit-test-", keep=10, max_bytes=2_500)
+    made = []
+    for _ in range(5):
+        made.append(dirs.new())
+        (made[-1] / "depth.npy").write_bytes(b"x" * 1_000)
+    assert sorted(dirs.root.iterdir()) == sorted(made[-3:])  # the oldest went to stay near 2,500 bytes
+    dirs.cleanup()
+    assert not dirs.root_exists() and list(tmp_path.iterdir()) == []
+
+
+def test_request_folders_go_at_interpreter_exit(tmp_path):
+    code = (
+        "from hubkit.spaces_support import RequestDirs\n"
+        "dirs = RequestDirs('hubkit-depth-')\n"
+        "for i in range(3):\n"
+        "    (dirs.new() / 'depth.npy').write_bytes(b'x')\n"
+        "assert len(list(dirs.root.iterdir())) == 3\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ from skimage import data
 
 import hubkit
 from hubkit import tiny
-from hubkit.errors import InvalidImageError, UnknownTaskError
+from hubkit.errors import InvalidImageError, MissingModelFileError, UnknownTaskError
 from hubkit.tasks import get_task, list_tasks
 
 TASKS = list_tasks()
@@ -96,3 +96,19 @@ def test_corrupt_image_file(tmp_path, bases):
     predictor = hubkit.load("depth-estimation", bases["depth-estimation"])
     with pytest.raises(InvalidImageError, match="not a readable image"):
         predictor.predict(broken)
+
+
+@pytest.mark.parametrize("name", [name for name in TASKS if get_task(name).processor_files])
+def test_a_base_without_its_processor_files_names_them(name, bases, tmp_path):
+    import shutil
+
+    task = get_task(name)
+    folder = tmp_path / "base"
+    shutil.copytree(bases[name], folder)
+    for group in task.processor_files:
+        for file in group:
+            (folder / file).unlink(missing_ok=True)
+    with pytest.raises(MissingModelFileError) as err:
+        hubkit.load(name, folder)
+    assert (err.value.folder, err.value.task, err.value.names) == (folder, name, task.processor_files[0])
+    assert str(folder) in str(err.value) and task.processor_files[0][0] in str(err.value) and name in str(err.value)

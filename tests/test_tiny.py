@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from hubkit import tiny
 from hubkit.errors import UnknownTaskError
+from hubkit.tasks import get_task, list_tasks
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -179,7 +180,11 @@ CHECKS = {name[len("check_") :].replace("_", "-"): fn for name, fn in globals().
 
 def test_every_family_has_a_check_and_a_tag():
     assert set(CHECKS) == set(tiny.FAMILIES)
-    assert {spec.pipeline_tag for spec in tiny.FAMILIES.values()} <= set(tiny.PIPELINE_TAGS.values())
+    assert set(tiny.PIPELINE_TAGS) == set(tiny.FAMILIES)  # no family without a tag, no tag of a removed family
+    tasks = [get_task(name) for name in list_tasks()]
+    for task in tasks:  # bootstrap cards the tiny base and the task's demo adapters with these two tags
+        assert tiny.FAMILIES[task.tiny_family].pipeline_tag == task.pipeline_tag, task.name
+    assert {spec.pipeline_tag for spec in tiny.FAMILIES.values()} <= {task.pipeline_tag for task in tasks}
     assert all(spec.repo_name == f"hubkit-tiny/{family}" for family, spec in tiny.FAMILIES.items())
 
 

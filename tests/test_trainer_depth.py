@@ -19,11 +19,9 @@ from safetensors.torch import load_file
 import hubkit
 from hubkit import tiny
 from hubkit.data.synthetic import make_motorcycle_zivid
+from hubkit.recipes.depth import DepthLoraConfig, depth_setup, evaluate
+from hubkit.tasks import LoadOptions
 from hubkit.training import build_config, train
-from hubkit.training.depth import depth_setup, evaluate
-
-sys.path.insert(0, str(ROOT / "trainers"))
-from depth_lora import DepthLoraConfig  # noqa: E402
 
 TRAINER = ROOT / "trainers" / "depth_lora.py"
 RECIPE = ROOT / "trainers" / "configs" / "depth_zivid.yaml"
@@ -190,3 +188,78 @@ def test_gradient_checkpointing_trains_the_same(base_dir, data_dir, tmp_path):
         config = build_config(DepthLoraConfig, args)
         curves.append([loss for _, loss in train(config, depth_setup(config)).losses])
     assert curves[1] == pytest.approx(curves[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reload_check_passes_under_mixed_precision(base_dir, data_dir, tmp_path, precision):
+    # The check once compared the bf16 autocast forward with an fp32 reload and failed on AVX2 CPUs. A loss
+    # that turns 16-bit rounding into a large difference makes that visible on any CPU.
+    config = build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, max_steps=3, mixed_precision=precision))
+    setup = depth_setup(config)
+    plain = setup.loss_fn
+    setup.loss_fn = lambda model, batch: torch.sin(1e4 * plain(model, batch)) + 2
+    result = train(config, setup)
+    saved = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())  # trainable weights stay fp32
+
+
+def test_reload_check_draws_the_same_noise_for_a_stochastic_loss(base_dir, data_dir, tmp_path):
+    config = build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, max_steps=2))
+    setup = depth_setup(config)
+    plain = setup.loss_fn
+    setup.loss_fn = lambda model, batch: plain(model, batch) * (1 + torch.rand(()))  # as a diffusion loss samples
+    train(config, setup)  # raised "does not reproduce the trained model" before the check was seeded
+
+
+def test_reload_check_refuses_an_adapter_that_does_not_reproduce(base_dir, data_dir, tmp_path):
+    from hubkit.errors import HubkitError
+
+    config = build_config(DepthLoraConfig, quick(base_dir, data_dir, tmp_path, max_steps=2))
+    setup = depth_setup(config)
+    other = tiny.build("depth-anything", tmp_path / "other", seed=1)
+    calls = []
+
+    def load_base():  # the check's fresh base differs from the trained one: the check must see it
+        calls.append(1)
+        folder = other if len(calls) > 1 else base_dir
+        return hubkit.tasks.get_task("depth-estimation").load(folder, LoadOptions())[0]
+
+    setup.load_base = load_base
+    with pytest.raises(HubkitError, match="does not reproduce"):
+        train(config, setup)
+    assert len(calls) == 2  # once to train, once for the check
+
+
+def test_push_failure_after_training_keeps_the_adapter_and_says_how_to_push(base_dir, data_dir, tmp_path):
+    args = quick(base_dir, data_dir, tmp_path / "run", max_steps=2, push_to_hub="me/depth-lora", hub="hf")
+    cmd = [sys.executable, str(TRAINER), "--config", str(RECIPE)] + [x for k, v in args.items() for x in (f"--{k}", v)]
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_TOKEN": "hf_secretsecretsecret",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and "hf_secretsecretsecret" not in proc.stderr
+    assert last.startswith("depth_lora.py: Training finished") and "hubkit push" in last, last
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_training_normalises_as_the_base_processor_does(data_dir, tmp_path):
+    # a DPT base uses mean / std 0.5, Depth Anything ImageNet's: training must use each model's own numbers
+    dpt = tiny.build("dpt", tmp_path / "dpt")
+    from transformers import AutoImageProcessor
+
+    expected = AutoImageProcessor.from_pretrained(dpt)
+    config = build_config(DepthLoraConfig, quick(dpt, data_dir, tmp_path / "run", input_size=28))
+    dataset = depth_setup(config).train_dataset
+    np.testing.assert_allclose(dataset.mean, expected.image_mean, rtol=1e-6)
+    np.testing.assert_allclose(dataset.std, expected.image_std, rtol=1e-6)
+    from hubkit.data.zivid import load_pair
+
+    rgb, _, _ = load_pair(dataset.samples[0])
+    pixels = dataset[0]["pixel_values"]
+    assert pixels.min() >= (0 - expected.image_mean[0]) / expected.image_std[0] - 1e-5
+    assert pixels.max() <= (1 - min(expected.image_mean)) / min(expected.image_std) + 1e-5

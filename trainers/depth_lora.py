@@ -10,27 +10,16 @@
     accelerate launch trainers/depth_lora.py --config ... --data hubkit-tiny/motorcycle-zivid \
         --base hubkit-tiny/depth-anything
 
-Any field below can be set in the YAML recipe and overridden with --field value.
+Every field of hubkit.recipes.depth.DepthLoraConfig (--help lists them) can be set in the YAML recipe and
+overridden with --field value.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from dataclasses import dataclass
 
-from hubkit.training import TrainConfig, option, parse_config, train
-from hubkit.training.depth import depth_setup
-
-
-@dataclass(frozen=True)
-class DepthLoraConfig(TrainConfig):
-    base: str = option("base depth model", "depth-anything/Depth-Anything-V2-Small-hf")
-    input_size: int = option("square input side in pixels (a multiple of 14)", 518)
-    loss: str = option("masked_mse (the seed's), silog (DA-V2 metric fine-tuning) or ssi", "masked_mse")
-    silog_lambda: float = option("variance weight of the SiLog loss", 0.5)
-    val_fraction: float = option("fraction of pairs held out for evaluation", 0.2)
-    augment: bool = option("flip / scale-crop / colour jitter, image and depth kept aligned", True)
+from hubkit.recipes.depth import DepthLoraConfig, depth_setup
+from hubkit.training import run_trainer, train
 
 
 def main(config: DepthLoraConfig) -> None:
@@ -44,5 +33,4 @@ def main(config: DepthLoraConfig) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(parse_config(DepthLoraConfig, description=__doc__))
+    run_trainer(main, DepthLoraConfig, description=__doc__)

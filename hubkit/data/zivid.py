@@ -1,13 +1,16 @@
 """The Zivid RGB + XYZ format: ``images/<stem>.png`` (8-bit RGB) paired by stem with ``depth/<stem>.npy``.
 
 Each ``.npy`` is an (H, W, 3) point cloud in millimetres (X, Y, Z); Z (channel 2) is the depth. A pixel is
-invalid where Z is NaN, infinite or not positive. Readers here are pure functions of files: scan and
-validate a folder, load one pair, split train / val, and a torch ``Dataset`` with aligned augmentations.
+invalid where Z is NaN, infinite or not positive. Stems may carry a role suffix, as Zivid exports do
+(``images/<scene>_color.png`` with ``depth/<scene>_rawDepth.npy``): see ``scan_zivid`` for the pairing
+rules. Readers here are pure functions of files: scan and validate a folder, load one pair, split
+train / val, and a torch ``Dataset`` with aligned augmentations.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,11 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PATCH = 14  # ViT patch size of DINOv2 / Depth Anything: input sides must be multiples of it
 _MODES = {"RGB", "RGBA", "L", "LA", "P"}  # 8-bit modes that convert to RGB without loss of meaning
+# "<scene>_color.png" / "<scene>_rawDepth.npy": the role suffixes stripped to find a file's scene (any case)
+IMAGE_ROLES = ("color", "rgb", "image")
+DEPTH_ROLES = ("rawdepth", "depth", "xyz", "pointcloud")
+_IMAGE_ROLE = re.compile(rf"^(.+?)[_-](?:{'|'.join(IMAGE_ROLES)})$", re.IGNORECASE)
+_DEPTH_ROLE = re.compile(rf"^(.+?)[_-](?:{'|'.join(DEPTH_ROLES)})$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,20 @@ class ZividSample:
     stem: str
     image_path: Path
     depth_path: Path
+
+
+@dataclass(frozen=True)
+class AmbiguousMatch:
+    """Files that share a scene stem but do not make exactly one image + one depth map: none is paired."""
+
+    stem: str
+    images: tuple[Path, ...]
+    depths: tuple[Path, ...]
+    reason: str
+
+    def describe(self) -> str:
+        names = " + ".join(p.name for p in self.images) + " / " + " + ".join(p.name for p in self.depths)
+        return f"{names} ({self.reason})"
 
 
 @dataclass
@@ -42,6 +64,7 @@ class ZividReport:
     unpaired_depth: list[Path] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     root: Path | None = None
+    ambiguous: list[AmbiguousMatch] = field(default_factory=list)
 
     def problems(self) -> str:
         parts = []
@@ -49,6 +72,13 @@ class ZividReport:
             parts.append(f"{len(self.unpaired_images)} images without depth")
         if self.unpaired_depth:
             parts.append(f"{len(self.unpaired_depth)} depth maps without image")
+        if self.ambiguous:
+            shown = "; ".join(m.describe() for m in self.ambiguous[:3])
+            more = f"; ... {len(self.ambiguous) - 3} more" if len(self.ambiguous) > 3 else ""
+            parts.append(
+                f"{len(self.ambiguous)} ambiguous matches, not paired: {shown}{more} "
+                "(rename so that each scene has one image and one depth map)"
+            )
         if self.unreadable:
             shown = "; ".join(f"{Path(p).name}: {why}" for p, why in self.unreadable[:3])
             more = f"; ... {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
@@ -92,9 +122,60 @@ def _check_pair(image_path: Path, depth_path: Path) -> tuple[str, str] | None:
     return None
 
 
-def scan_zivid(root: str | Path) -> ZividReport:
-    """Pair ``images/*.png`` with ``depth/*.npy`` by stem, validate each pair, report what was skipped.
+def _scene_stem(path: Path, *, depth: bool) -> str:
+    """The file's stem without its role suffix (``_color``, ``-rgb``, ``_RawDepth``, ...), if it has one."""
+    match = (_DEPTH_ROLE if depth else _IMAGE_ROLE).match(path.stem)
+    return match.group(1) if match else path.stem
 
+
+def _match(images: list[Path], depths: list[Path], report: ZividReport) -> list[tuple[str, Path, Path]]:
+    """(stem, image, depth) pairs; fills the report's unpaired and ambiguous lists.
+
+    1. Exact stems first: ``a.png`` with ``a.npy``, ``a_color.png`` with ``a_color.npy``.
+    2. The files left over are grouped by scene stem (role suffix removed, ``_scene_stem``); a scene with
+       exactly one image and one depth map is a pair named by the scene. A scene with several candidates
+       on either side, or whose name an exact pair already has, is reported as ambiguous and not paired.
+    """
+    by_stem: dict[str, tuple[list[Path], list[Path]]] = {}
+    for index, files in enumerate((images, depths)):
+        for path in files:
+            by_stem.setdefault(path.stem, ([], []))[index].append(path)
+    pairs, left_images, left_depths = [], [], []
+    for stem, (ims, dps) in sorted(by_stem.items()):
+        if len(ims) == 1 and len(dps) == 1:
+            pairs.append((stem, ims[0], dps[0]))
+        else:
+            left_images += ims
+            left_depths += dps
+    exact = {stem for stem, _, _ in pairs}
+    scenes: dict[str, tuple[list[Path], list[Path]]] = {}
+    for index, files in enumerate((left_images, left_depths)):
+        for path in files:
+            scenes.setdefault(_scene_stem(path, depth=bool(index)), ([], []))[index].append(path)
+    for scene, (ims, dps) in sorted(scenes.items()):
+        if not ims or not dps:
+            report.unpaired_images += ims
+            report.unpaired_depth += dps
+        elif scene in exact:
+            reason = f"scene {scene!r} is already an exact-stem pair"
+            report.ambiguous.append(AmbiguousMatch(scene, tuple(ims), tuple(dps), reason))
+        elif len(ims) > 1 or len(dps) > 1:
+            reason = f"scene {scene!r}: {len(ims)} images, {len(dps)} depth maps"
+            report.ambiguous.append(AmbiguousMatch(scene, tuple(ims), tuple(dps), reason))
+        else:
+            pairs.append((scene, ims[0], dps[0]))
+    report.unpaired_images.sort()
+    report.unpaired_depth.sort()
+    return sorted(pairs)
+
+
+def scan_zivid(root: str | Path) -> ZividReport:
+    """Pair ``images/*.png`` with ``depth/*.npy``, validate each pair, report what was skipped.
+
+    Pairing: an identical stem first; else the same stem once a role suffix is removed (``_color``,
+    ``_rgb``, ``_image`` on images; ``_rawDepth``, ``_depth``, ``_xyz``, ``_pointcloud`` on depth maps;
+    any case, ``_`` or ``-`` before it), so the seed's ``<scene>_color.png`` pairs with
+    ``<scene>_rawDepth.npy`` as the sample ``<scene>``. Ambiguous matches are reported, never guessed.
     Raises ``DataError`` if ``images/`` or ``depth/`` is missing or no pair is usable.
     """
     root = Path(root)
@@ -103,27 +184,25 @@ def scan_zivid(root: str | Path) -> ZividReport:
         if not folder.is_dir():
             raise DataError(
                 f"Zivid data set {str(root)!r} has no {name}/ folder "
-                "(expected images/<stem>.png paired with depth/<stem>.npy)"
+                "(expected images/<stem>.png paired with depth/<stem>.npy, or <scene>_color.png with "
+                "<scene>_rawDepth.npy)"
             )
-    images = {p.stem: p for p in sorted(folders["images"].iterdir()) if p.suffix.lower() == ".png"}
-    depths = {p.stem: p for p in sorted(folders["depth"].iterdir()) if p.suffix.lower() == ".npy"}
-    report = ZividReport(
-        samples=[],
-        unpaired_images=[images[s] for s in sorted(images.keys() - depths.keys())],
-        unpaired_depth=[depths[s] for s in sorted(depths.keys() - images.keys())],
-        root=root,
-    )
-    for stem in sorted(images.keys() & depths.keys()):
-        problem = _check_pair(images[stem], depths[stem])
+    images = [p for p in sorted(folders["images"].iterdir()) if p.suffix.lower() == ".png"]
+    depths = [p for p in sorted(folders["depth"].iterdir()) if p.suffix.lower() == ".npy"]
+    report = ZividReport(samples=[], root=root)
+    for stem, image_path, depth_path in _match(images, depths, report):
+        problem = _check_pair(image_path, depth_path)
         if problem is None:
-            report.samples.append(ZividSample(stem, images[stem], depths[stem]))
+            report.samples.append(ZividSample(stem, image_path, depth_path))
         else:
             report.unreadable.append(problem)
     if not report.samples:
         found = report.problems() or "images/ and depth/ hold no .png / .npy files"
         raise DataError(
             f"0 usable pairs in {root}: {found}. Expected images/<stem>.png (8-bit RGB) paired with "
-            "depth/<stem>.npy (H, W, 3) XYZ in mm with some finite, positive Z."
+            "depth/<stem>.npy (H, W, 3) XYZ in mm with some finite, positive Z; stems may end in a role "
+            f"suffix ({', '.join(IMAGE_ROLES)} / {', '.join(DEPTH_ROLES)}), e.g. <scene>_color.png with "
+            "<scene>_rawDepth.npy."
         )
     if report.problems():
         logger.warning("Zivid scan: %s", report.summary())
@@ -172,7 +251,8 @@ def split(
 class ZividDepthDataset(torch.utils.data.Dataset):
     """Square ``size`` crops for DINOv2-based depth models, with aligned image / depth augmentations.
 
-    Items: ``pixel_values`` float32 (3, size, size) ImageNet-normalised, ``depth`` float32 (size, size) in mm
+    Items: ``pixel_values`` float32 (3, size, size) normalised with ``mean`` / ``std`` (the model processor's),
+    ``depth`` float32 (size, size) in mm
     with 0 where invalid, ``valid`` bool (size, size). The image is resized bilinearly, the depth and mask
     by nearest neighbour (never mixing valid and invalid pixels). With ``augment``: horizontal flip (p=0.5),
     a random window of ``CROP_SCALE`` of each side resized back to ``size``, colour jitter on the image
@@ -183,10 +263,22 @@ class ZividDepthDataset(torch.utils.data.Dataset):
     CROP_SCALE = (0.6, 1.0)
     JITTER = 0.2  # brightness, contrast and saturation factors in [1 - JITTER, 1 + JITTER]
 
-    def __init__(self, samples: Sequence[ZividSample], *, size: int = 518, augment: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        samples: Sequence[ZividSample],
+        *,
+        size: int = 518,
+        augment: bool = False,
+        seed: int = 0,
+        mean: Sequence[float] = tuple(IMAGENET_MEAN),
+        std: Sequence[float] = tuple(IMAGENET_STD),
+    ):
         if not isinstance(size, int) or size <= 0 or size % PATCH:
             raise DataError(f"size must be a positive multiple of {PATCH} (e.g. 518), got {size!r}")
         self.samples, self.size, self.augment, self.seed = list(samples), size, augment, seed
+        # the model processor's image_mean / image_std, so training normalises as serving does
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -223,7 +315,7 @@ class ZividDepthDataset(torch.utils.data.Dataset):
             img, depth, valid = img[:, ::-1], depth[:, ::-1], valid[:, ::-1]
         if params["jitter"] is not None:
             img = _jitter(img, *params["jitter"])
-        img = (img - IMAGENET_MEAN) / IMAGENET_STD
+        img = (img - self.mean) / self.std
         return {
             "pixel_values": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)),
             "depth": torch.from_numpy(np.ascontiguousarray(np.where(valid, depth, 0.0), dtype=np.float32)),

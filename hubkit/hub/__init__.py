@@ -2,6 +2,8 @@
 
 Reads look in the local store first, then in the Hub when it is reachable and not switched off;
 writes go to the store named by `hub=` / ``HUBKIT_HUB`` (default local, the Hub on HF Spaces).
+Pushes refuse links that leave the folder and anything they cannot read (see `scan_folder`);
+`gc` frees what killed pushes left in a local store.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from ..errors import HubkitError, HubUnreachableError, RepoNotFoundError, Revisi
 from ._files import DEFAULT_MAX_FILE_SIZE, scan_folder, sha256_file
 from ._hf import HfStore, hub_offline
 from ._ids import REPO_TYPES, RepoRef, parse_repo_id
-from ._local import LocalStore
+from ._local import GcReport, LocalStore
 from ._types import RevisionInfo
 
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
+    "GcReport",
     "HfStore",
     "LocalStore",
     "REPO_TYPES",
     "RepoRef",
     "RevisionInfo",
+    "gc",
     "get_store",
     "list_repos",
     "list_revisions",
@@ -123,6 +127,17 @@ def list_repos(*, hub: str | Store | None = None, repo_type: str | None = None) 
 
 def list_revisions(repo_id: str, *, hub: str | Store | None = None, repo_type: str = "model") -> list[RevisionInfo]:
     return get_store(hub).list_revisions(repo_id, repo_type=repo_type)
+
+
+def gc(
+    repo_id: str | None = None, *, hub: str | Store | None = None, repo_type: str | None = None, dry_run: bool = False
+) -> list[GcReport]:
+    """Free what no branch or tag reaches in a local store (`repo_id`, else every repo); see LocalStore.gc."""
+    store = get_store(hub)
+    if not isinstance(store, LocalStore):
+        # The Hub keeps its own storage; there is nothing of ours to collect there.
+        raise HubkitError(f"gc works on a local store, not {store.name}: use --hub local or a folder path.")
+    return store.gc(repo_id, repo_type=repo_type, dry_run=dry_run)
 
 
 def tag(

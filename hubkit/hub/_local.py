@@ -8,11 +8,15 @@ Layout of one repo (``<home>/<type>s/<namespace>/<name>/``)::
     refs/heads/main           id of the newest revision on main (other branches beside it)
     refs/tags/<tag>           id of a tagged revision
     README.md                 the card of the newest main revision
+    tmp/<uuid>/               one running push's (or view's) own files; .owner is flock-ed while it runs
+    .lock                     the repo lock (flock)
 
-A push writes objects and the snapshot first, then the revision file, then moves the ref, each step
-by rename: a process killed at any point leaves the previous revision as it was and no partial one
-visible. Pushes to one repo are serialised by a file lock, so concurrent pushes become consecutive
-revisions.
+A push hashes its files and copies new content into its own tmp/<uuid>/ folder with no lock held (the
+slow part). Then, under the repo lock, it moves that content into objects/, builds the snapshot, writes
+the revision file and moves the ref, each step by rename: a process killed at any point leaves the
+previous revision as it was and no partial one visible, and concurrent pushes become consecutive
+revisions. `gc` takes the same lock, so it never sees a push between placing objects and moving its
+ref; the only files of a live push it can see are in a tmp/ folder whose owner lock is held.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +49,12 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 LOCK_TIMEOUT_S = float(os.environ.get("HUBKIT_LOCK_TIMEOUT", "60"))
+# Temp files whose writer cannot be told (no owner lock: left by older versions) are kept this long,
+# in case an older hubkit is still writing them.
 _STALE_TMP_S = 3600
+_OWNER = ".owner"
+_TMP_FILE = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what _atomic_write and older pushes leave when killed
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -57,6 +69,26 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `LocalStore.gc` freed in one repo (or, with `dry_run`, would free)."""
+
+    repo: RepoRef
+    objects: int = 0
+    snapshots: int = 0  # snapshots and filtered views of trees no reachable revision has
+    revisions: int = 0
+    temp: int = 0  # files and tmp/ folders of pushes that died
+    bytes: int = 0  # bytes the disk gets back: hard links count once, when their last link goes
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        verb = "would free" if self.dry_run else "freed"
+        return (
+            f"{self.repo.repo_type} {self.repo.repo_id}: {verb} {self.objects} object(s), {self.snapshots} "
+            f"snapshot(s), {self.revisions} revision(s), {self.temp} temp file(s); {self.bytes:,} bytes"
+        )
 
 
 class LocalStore:
@@ -201,7 +233,8 @@ class LocalStore:
             key = hashlib.sha256(json.dumps([include, exclude]).encode()).hexdigest()[:16]
             target = path / "views" / meta["tree"] / key
             if not target.is_dir():
-                self._materialise(path, wanted, target)
+                with self._claim_tmp(path, ref.repo_id) as work:
+                    self._materialise(path, wanted, target, work)
             return target
         target = Path(to)
         copied = 0
@@ -236,9 +269,9 @@ class LocalStore:
     def _object(path: Path, sha: str) -> Path:
         return path / "objects" / sha[:2] / sha[2:]
 
-    def _materialise(self, path: Path, files: dict[str, dict], target: Path) -> None:
-        """Build a folder of hard links to objects in a temp dir, then rename it into place."""
-        tmp = path / "tmp" / uuid.uuid4().hex
+    def _materialise(self, path: Path, files: dict[str, dict], target: Path, work: Path) -> None:
+        """Build a folder of hard links to objects in `work` (from _claim_tmp), then rename it into place."""
+        tmp = work / uuid.uuid4().hex
         for rel, entry in files.items():
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -256,20 +289,25 @@ class LocalStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process made the same content first
 
-    def _store_object(self, path: Path, source: Path) -> tuple[str, int, int]:
+    def _store_object(self, path: Path, source: Path, work: Path) -> tuple[str, Path | None]:
+        """Hash `source` and copy it into `work` unless the store has that content. No lock is held."""
         sha = sha256_file(source)
+        staged = work / sha
+        if not self._object(path, sha).exists() and not staged.exists():
+            _copy_checked(path, source, staged, sha)
+        return sha, (staged if staged.exists() else None)
+
+    def _place_object(self, path: Path, sha: str, staged: Path | None, source: Path, work: Path) -> dict:
+        """Move staged content into objects/. Under the repo lock, where gc also runs."""
         obj = self._object(path, sha)
         if not obj.exists():
+            if staged is None or not staged.exists():  # gc removed the object this push was to reuse
+                staged = work / sha
+                _copy_checked(path, source, staged, sha)
             obj.parent.mkdir(parents=True, exist_ok=True)
-            tmp = obj.with_name(f".{obj.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(source, tmp)
-            if sha256_file(tmp) != sha:
-                tmp.unlink()
-                raise PushConflictError(str(path), f"{source} changed while it was being pushed")
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.replace(tmp, obj)
+            os.replace(staged, obj)
         st = obj.stat()
-        return sha, st.st_size, st.st_mtime_ns
+        return {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
     @contextlib.contextmanager
     def _lock(self, path: Path, repo_id: str) -> Iterator[None]:
@@ -294,16 +332,117 @@ class LocalStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _sweep_tmp(self, path: Path) -> None:
-        """Remove what killed pushes left behind (never visible to readers)."""
-        tmp_root = path / "tmp"
-        if not tmp_root.is_dir():
-            return
+    @contextlib.contextmanager
+    def _claim_tmp(self, path: Path, repo_id: str) -> Iterator[Path]:
+        """A private folder under tmp/ for one writer, its .owner flock-ed for as long as it is used.
+
+        It is made under the repo lock, where every sweep runs, so no sweep sees it before it is owned;
+        a sweep removes it only once that flock is free: its writer is gone (the kernel drops the flock
+        of a killed process). Taking the lock anyway, this also drops what dead writers left.
+        """
+        with self._lock(path, repo_id):
+            self._remove(self._garbage(path, full=False), strict=False)
+            work = path / "tmp" / uuid.uuid4().hex
+            work.mkdir(parents=True)
+            owner = os.open(work / _OWNER, os.O_WRONLY | os.O_CREAT)  # not inherited by child processes
+            if fcntl is not None:
+                fcntl.flock(owner, fcntl.LOCK_EX)
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            os.close(owner)
+
+    def _garbage(self, path: Path, *, full: bool) -> list[tuple[str, Path]]:
+        """(kind, path) of what no ref reaches and no live writer owns; only temp files unless `full`.
+
+        Call with the repo lock held: revisions, refs and the card are only written under it, so their
+        temp files are dead, and no push is between placing objects and moving its ref.
+        """
         cutoff = time.time() - _STALE_TMP_S
-        for entry in tmp_root.iterdir():
+        found = [("temp", p) for p in _children(path / "tmp") if _dead_tmp(p, cutoff)]
+        for folder in (path, path / "revisions", path / "refs" / "heads", path / "refs" / "tags"):
+            found += [("temp", p) for p in _children(folder) if _TMP_FILE.fullmatch(p.name)]
+        if not full:
+            return found
+        metas = self._reachable(path, self._refs(path))  # StoreError on unreadable metadata: remove nothing
+        live_objects = {f["sha256"] for meta in metas.values() for f in meta["files"].values()}
+        live_trees = {meta["tree"] for meta in metas.values()}
+        for rev in _children(path / "revisions"):
+            if rev.suffix == ".json" and _is_hex(rev.stem, 40) and rev.stem not in metas:
+                found.append(("revision", rev))
+        for kind in ("snapshots", "views"):
+            dead = [p for p in _children(path / kind) if _is_hex(p.name, 64) and p.name not in live_trees]
+            found += [("snapshot", p) for p in dead]
+        for fan in _children(path / "objects"):
+            for obj in _children(fan):
+                if _TMP_FILE.fullmatch(obj.name) and _mtime(obj) < cutoff:  # older versions wrote objects here
+                    found.append(("temp", obj))
+                elif _is_hex(fan.name + obj.name, 64) and fan.name + obj.name not in live_objects:
+                    found.append(("object", obj))
+        # Revision files first: a gc killed midway never leaves one whose objects are gone.
+        order = {"revision": 0, "snapshot": 1, "object": 2, "temp": 3}
+        return sorted(found, key=lambda item: order[item[0]])
+
+    @staticmethod
+    def _remove(garbage: list[tuple[str, Path]], *, strict: bool = True) -> None:
+        fans = set()
+        for kind, item in garbage:
+            try:
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink(missing_ok=True)
+            except OSError:
+                if strict:
+                    raise
+                logger.debug("could not remove %s", item, exc_info=True)
+            if kind == "object":
+                fans.add(item.parent)
+        for fan in fans:
             with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
+                fan.rmdir()  # only if empty
+
+    def _repo_refs(self, repo_type: str | None) -> list[RepoRef]:
+        """Every repo folder, with refs or not (a first push killed leaves one without)."""
+        found = []
+        for rtype in [check_repo_type(repo_type)] if repo_type else list(REPO_TYPES):
+            for ns in _children(self.root / f"{rtype}s"):
+                found += [RepoRef(ns.name, repo.name, rtype) for repo in _children(ns) if repo.is_dir()]
+        return found
+
+    def gc(self, repo_id: str | None = None, *, repo_type: str | None = None, dry_run: bool = False) -> list[GcReport]:
+        """Remove what no branch or tag reaches and no running push is writing: one report per repo.
+
+        In each repo (`repo_id`, else every repo of `repo_type`, else every repo), under the lock a push
+        takes to move its ref: objects, snapshots, filtered views and revision files no ref reaches, and
+        the temp files of pushes that died. A running push's tmp/ folder is kept (its owner flock is
+        held); temp files with no owner (older versions) are kept until an hour old. A repo whose refs
+        or revisions cannot be read raises StoreError and nothing is removed there. `dry_run` reports
+        without removing.
+        """
+        if repo_id is not None:
+            ref = parse_repo_id(repo_id, repo_type or "model")
+            if not self._repo_dir(ref).is_dir():
+                available = [r.repo_id for r in self.list_repos(ref.repo_type)]
+                raise RepoNotFoundError(ref.repo_id, ref.repo_type, store=self.name, available=available)
+            repos = [ref]
+        else:
+            repos = self._repo_refs(repo_type)
+        reports = []
+        for ref in repos:
+            path = self._repo_dir(ref)
+            with self._lock(path, ref.repo_id):
+                garbage = self._garbage(path, full=True)
+                kinds = Counter(kind for kind, _ in garbage)
+                freed = _freed_bytes(p for _, p in garbage)
+                counts = (kinds["object"], kinds["snapshot"], kinds["revision"], kinds["temp"], freed)
+                report = GcReport(ref, *counts, dry_run=dry_run)
+                if not dry_run:
+                    self._remove(garbage)
+            logger.info("gc %s", report)
+            reports.append(report)
+        return reports
 
     def push(
         self,
@@ -330,40 +469,41 @@ class LocalStore:
                 _check_ref_name(ref.repo_id, name)
         files = scan_folder(folder, include=include, exclude=exclude, limit=max_file_size)
         path = self._repo_dir(ref)
-        path.mkdir(parents=True, exist_ok=True)
-        self._sweep_tmp(path)
-        manifest = {}
-        for item in progress(files, desc=f"push {ref.repo_id}", total=len(files)):
-            sha, size, mtime_ns = self._store_object(path, item.source)
-            manifest[item.path] = {"sha256": sha, "size": size, "mtime_ns": mtime_ns}
-        tree = hashlib.sha256("".join(f"{p}\0{f['sha256']}\n" for p, f in sorted(manifest.items())).encode())
-        tree_id = tree.hexdigest()
-        snapshot = path / "snapshots" / tree_id
-        if not snapshot.is_dir():
-            self._materialise(path, manifest, snapshot)
-        with self._lock(path, ref.repo_id):
-            head_file = path / "refs" / "heads" / branch
-            parent = head_file.read_text().strip() if head_file.is_file() else None
-            if parent is None and branch != "main" and (path / "refs" / "heads" / "main").is_file():
-                parent = (path / "refs" / "heads" / "main").read_text().strip()
-            meta = {
-                "parent": parent,
-                "message": message or f"Upload {len(manifest)} file(s)",
-                "time": timestamp or _now(),
-                "tree": tree_id,
-            }
-            meta["id"] = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-            meta["files"] = manifest
-            if origin:
-                meta["origin"] = origin
-            rev_file = path / "revisions" / f"{meta['id']}.json"
-            if not rev_file.exists():
-                _atomic_write(rev_file, json.dumps(meta, indent=1, sort_keys=True).encode())
-            _atomic_write(head_file, meta["id"].encode())
-            if tag:
-                _atomic_write(path / "refs" / "tags" / tag, meta["id"].encode())
-            if branch == "main":
-                self._write_root_card(path, snapshot)
+        with self._claim_tmp(path, ref.repo_id) as work:
+            staged = [self._store_object(path, f.source, work) for f in progress(files, desc=f"push {ref.repo_id}")]
+            # Placing is quick (renames, hard links) and done under the lock, so gc never sees objects or
+            # a revision file of this push before its ref reaches them.
+            with self._lock(path, ref.repo_id):
+                manifest = {
+                    f.path: self._place_object(path, sha, tmp, f.source, work)
+                    for f, (sha, tmp) in zip(files, staged, strict=True)
+                }
+                tree = hashlib.sha256("".join(f"{p}\0{f['sha256']}\n" for p, f in sorted(manifest.items())).encode())
+                snapshot = path / "snapshots" / tree.hexdigest()
+                if not snapshot.is_dir():
+                    self._materialise(path, manifest, snapshot, work)
+                head_file = path / "refs" / "heads" / branch
+                parent = head_file.read_text().strip() if head_file.is_file() else None
+                if parent is None and branch != "main" and (path / "refs" / "heads" / "main").is_file():
+                    parent = (path / "refs" / "heads" / "main").read_text().strip()
+                meta = {
+                    "parent": parent,
+                    "message": message or f"Upload {len(manifest)} file(s)",
+                    "time": timestamp or _now(),
+                    "tree": snapshot.name,
+                }
+                meta["id"] = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+                meta["files"] = manifest
+                if origin:
+                    meta["origin"] = origin
+                rev_file = path / "revisions" / f"{meta['id']}.json"
+                if not rev_file.exists():
+                    _atomic_write(rev_file, json.dumps(meta, indent=1, sort_keys=True).encode())
+                _atomic_write(head_file, meta["id"].encode())
+                if tag:
+                    _atomic_write(path / "refs" / "tags" / tag, meta["id"].encode())
+                if branch == "main":
+                    self._write_root_card(path, snapshot)
         logger.info("pushed %s revision %s (%d files)", ref.repo_id, meta["id"], len(manifest))
         return self._info(meta, self._refs(path))
 
@@ -396,3 +536,58 @@ class LocalStore:
 def _check_ref_name(repo_id: str, name: str) -> None:
     if not name or name != name.strip() or "/" in name or name.startswith(".") or ".." in name or len(name) > 100:
         raise PushConflictError(repo_id, f"invalid branch or tag name {name!r}")
+
+
+def _copy_checked(path: Path, source: Path, target: Path, sha: str) -> None:
+    shutil.copyfile(source, target)
+    if sha256_file(target) != sha:
+        target.unlink()
+        raise PushConflictError(str(path), f"{source} changed while it was being pushed")
+    os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_hex(name: str, length: int) -> bool:
+    return len(name) == length and bool(_HEX.fullmatch(name))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return time.time()  # cannot tell: treat as new, so it is kept
+
+
+def _dead_tmp(entry: Path, cutoff: float) -> bool:
+    """Whether a tmp/ entry's writer is gone: its owner flock is free, or it has no owner and is old."""
+    owner = entry / _OWNER
+    if fcntl is not None and owner.is_file():
+        try:
+            with open(owner) as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False  # its push is running
+        except OSError:
+            pass
+    return _mtime(entry) < cutoff
+
+
+def _freed_bytes(paths: Iterable[Path]) -> int:
+    """Bytes freed by removing `paths`: a file counts once all its hard links are among them."""
+    inodes: dict[tuple[int, int], list[int]] = {}
+    for top in paths:
+        walked = os.walk(top) if top.is_dir() and not top.is_symlink() else [(top.parent, [], [top.name])]
+        for dirpath, _, names in walked:
+            for name in names:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(os.path.join(dirpath, name))
+                    seen = inodes.setdefault((st.st_dev, st.st_ino), [st.st_size, st.st_nlink, 0])
+                    seen[2] += 1
+    return sum(size for size, nlink, seen in inodes.values() if seen >= nlink)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,11 +13,19 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, InvalidImageError, UnknownTaskError, UnsafeWeightsError
+from ..errors import (
+    ConfigError,
+    InvalidImageError,
+    MissingModelFileError,
+    UnknownTaskError,
+    UnsafePickleError,
+    UnsafeWeightsError,
+)
 
 logger = logging.getLogger(__name__)
 TASKS: dict[str, Task] = {}
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error, not an OOM
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -53,13 +64,33 @@ class Task:
 
     # The transformers auto class that reads the folder's processor files.
     processor_loader: ClassVar[str] = "AutoProcessor"
+    # Files the processor reads, checked before anything loads so a missing one is named (transformers only says
+    # "Can't load image processor"). Each entry is a group of alternatives: any one of them will do.
+    processor_files: ClassVar[tuple[tuple[str, ...], ...]] = (("preprocessor_config.json", "processor_config.json"),)
 
     def load(self, folder: Path, options: LoadOptions) -> tuple[Any, Any]:
         """Return (model, processor) from a local folder; tasks with more parts override this."""
         import transformers
 
-        model = self.model_class(folder).from_pretrained(folder, **pretrained_kwargs(options))
+        self.check_files(folder)
+        with refusing_pickles(folder):
+            model = self.model_class(folder).from_pretrained(folder, **pretrained_kwargs(options))
         return model, getattr(transformers, self.processor_loader).from_pretrained(folder)
+
+    def check_files(self, folder: Path) -> None:
+        """Raise MissingModelFileError naming the first of `processor_files` the folder lacks."""
+        for group in self.processor_files:
+            if not any((Path(folder) / name).is_file() for name in group):
+                raise MissingModelFileError(
+                    folder,
+                    group,
+                    task=self.name,
+                    needed_for=f"processor ({self.processor_loader})",
+                    hint=(
+                        f"Copy it from the Hub repo the weights came from (e.g. {self.default_base}), or write it "
+                        "with processor.save_pretrained(folder)."
+                    ),
+                )
 
     def model_class(self, folder: Path | None = None):
         """The transformers / diffusers class the weights load into (used to build from a config)."""
@@ -100,6 +131,16 @@ def pretrained_kwargs(options: LoadOptions) -> dict:
     return kwargs
 
 
+@contextlib.contextmanager
+def refusing_pickles(folder: Path) -> Iterator[None]:
+    """Turn the UnpicklingError torch.load(weights_only=True) raises inside from_pretrained into UnsafePickleError."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        pickles = sorted(p for p in Path(folder).rglob("*") if p.suffix in PICKLE_SUFFIXES)
+        raise UnsafePickleError.from_unpickling(pickles[0] if len(pickles) == 1 else folder, err) from None
+
+
 def quantization_config(kind: str):
     if kind not in ("int8", "nf4"):
         raise ConfigError(f"quantize must be None, 'int8' or 'nf4', got {kind!r}")
@@ -124,7 +165,7 @@ def quantization_config(kind: str):
 
 def check_safe_folder(folder: Path, options: LoadOptions) -> None:
     """Refuse a folder whose only weights are pickles unless the user opted in."""
-    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
+    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", *PICKLE_SUFFIXES)]
     if weights and not any(p.suffix == ".safetensors" for p in weights) and not options.allow_pickle:
         raise UnsafeWeightsError(
             f"{folder} holds only pickle weights ({', '.join(p.name for p in weights[:3])}); pickles can run code. "

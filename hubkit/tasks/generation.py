@@ -145,6 +145,7 @@ class ConditionalImageGeneration(Task):
     pipeline_tag = "image-to-image"
     default_base = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     tiny_family = "diffusion"
+    processor_files = ()  # no processor: the UNet is conditioned on the VAE latents of the input image
     output_type = "GeneratedImage (RGB PIL image sampled from the conditioning image's embedding)"
     # The diffusers LoRA recipe's attention projections, in the UNet only (the VAE has to_q ... too).
     preset = LoraPreset(

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, refusing_pickles, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,9 @@ class LabelExtraction(Task):
         dropout=0.05,
     )
     example_kwargs: ClassVar[dict] = {"captions": ["a cat sitting on a mat next to a window"]}
+    processor_loader = "AutoTokenizer"
+    # The fast tokenizer's file (or the sentencepiece model it can be converted from).
+    processor_files = (("tokenizer.json", "tokenizer.model"),)
 
     def model_class(self, folder: Path | None = None):
         from transformers import AutoModelForCausalLM
@@ -125,6 +128,7 @@ class LabelExtraction(Task):
         from transformers import AutoTokenizer
 
         kwargs = pretrained_kwargs(options)  # quantize="nf4" -> BitsAndBytesConfig (or a clear ImportError)
+        self.check_files(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if tokenizer.pad_token is None:  # Mistral ships without one; generate() needs it
             tokenizer.pad_token = tokenizer.eos_token
@@ -133,7 +137,8 @@ class LabelExtraction(Task):
                 f"The tokenizer in {folder} has no chat template; label-extraction needs an instruction-tuned model "
                 "(e.g. mistralai/Mistral-7B-Instruct-v0.2)."
             )
-        model = self.model_class().from_pretrained(folder, **kwargs)
+        with refusing_pickles(folder):
+            model = self.model_class().from_pretrained(folder, **kwargs)
         return model, tokenizer
 
     def prompt(self, captions: list[str]) -> list[dict[str, str]]:

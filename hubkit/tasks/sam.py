@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, HubkitError, UnsafeWeightsError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, register_task
+from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, refusing_pickles, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class MaskGeneration(Task):
     pipeline_tag = "mask-generation"
     default_base = "facebook/sam-vit-base"
     tiny_family = "sam"
+    processor_files = ()  # optional: without a processor config, load uses Meta's preprocessing
     output_type = "MaskPrediction (N x H x W bool masks, scores, xyxy boxes)"
     # The image encoder's attention and MLP (as SAM-LoRA / Medical-SAM-Adapter tune it); the prompt encoder and
     # mask decoder stay frozen. `mlp.lin1/lin2` also name the mask decoder's MLPs, hence the exclude.
@@ -59,7 +60,8 @@ class MaskGeneration(Task):
         folder = Path(folder)
         meta = _segment_anything_checkpoint(folder)
         if meta is None:
-            model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
+            with refusing_pickles(folder):
+                model = self.model_class().from_pretrained(folder, **pretrained_kwargs(options))
         else:
             state = convert_segment_anything_state_dict(_read_state(meta, options))
             config = SamConfig.from_pretrained(folder) if (folder / "config.json").is_file() else _config_from(state)
@@ -336,7 +338,8 @@ def _read_state(path: Path, options: LoadOptions) -> dict[str, torch.Tensor]:
             f"{path} is a pickle, which can run code when loaded. Convert it to safetensors, or opt in with "
             "allow_pickle=True (--allow-pickle), which loads it with torch.load(weights_only=True)."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with refusing_pickles(path):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("model", state) if isinstance(state, dict) else state
 
 

@@ -1,6 +1,6 @@
 """The shared training loop and configuration every trainer uses."""
 
-from .config import TrainConfig, build_config, config_dict, dump_yaml, load_recipe, option, parse_config
+from .config import TrainConfig, build_config, config_dict, dump_yaml, load_recipe, option, parse_config, run_trainer
 from .loop import TrainingSetup, TrainResult, train
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "load_recipe",
     "option",
     "parse_config",
+    "run_trainer",
     "train",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HubkitError
 
 SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -61,7 +61,8 @@ class TrainConfig:
     report_to: str = option("tensorboard, trackio or none", "tensorboard")
     push_to_hub: str | None = option("repo id to push the adapter to at the end", None)
     hub: str | None = option("store to push to: local, hf or a folder (default: $HUBKIT_HUB or local)", None)
-    num_workers: int = option("data loader worker processes", 0)
+    num_workers: int = option("data loader worker processes (decode and augment off the main process)", 0)
+    compile: bool = option("torch.compile the model (inductor): faster steps after a one-time compile", False)
 
     def __post_init__(self) -> None:
         checks = [
@@ -146,6 +147,23 @@ def parse_config(cls, argv: list[str] | None = None, *, description: str | None 
     args = vars(parser.parse_args(argv))
     recipe = load_recipe(args.pop("config")) if "config" in args else {}
     return build_config(cls, {**recipe, **args})
+
+
+def run_trainer(main, cls, *, description: str | None = None, argv: list[str] | None = None) -> None:
+    """A trainer's entry point: parse `cls` from the recipe and flags, run `main`, and end a failure with
+    one line on stderr and exit code 1 (HUBKIT_DEBUG=1 shows the traceback)."""
+    import logging
+    import os
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(parse_config(cls, argv, description=description))
+    except (HubkitError, OSError) as err:
+        if os.environ.get("HUBKIT_DEBUG"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def config_dict(config) -> dict:

@@ -20,13 +20,21 @@ from typing import Any
 import torch
 
 from .. import cards, hub
-from ..adapters import attach_adapter, count_parameters, lora_config, parameter_line
-from ..errors import ConfigError, HubkitError
+from ..adapters import TRAINED_MODULES_FILE, attach_adapter, count_parameters, parameter_line
+from ..errors import ConfigError, HubkitError, PushAfterTrainingError
 from ..tasks import get_task
 from .config import config_dict, dump_yaml
+from .trainable import (
+    Trainable,
+    build_trainable_model,
+    optimizer_groups,
+    trained_module_state,
+)
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+FULL_MODEL_WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -45,7 +53,9 @@ class TrainingSetup:
     dataset_type: str = "custom"
     dataset_revision: str | None = None
     card_notes: str | None = None
-    extra_files: dict[str, str] = field(default_factory=dict)  # name -> text, written beside the adapter
+    # name -> text or bytes, written beside the adapter (label maps, a processor config, extra safetensors)
+    extra_files: dict[str, str | bytes] = field(default_factory=dict)
+    trainable: Trainable = field(default_factory=Trainable)  # what trains; default: LoRA on the task preset
 
 
 @dataclass
@@ -129,14 +139,18 @@ def _flat(values: dict) -> dict:
 
 def train(config, setup: TrainingSetup) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from peft import get_peft_model
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from .._logging import install_redaction
 
     install_redaction()
+    # A second train() in one process (a notebook, the tests) may ask for another precision; accelerate keeps
+    # its state process-wide and would refuse. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     output = Path(config.output_dir)
     ckpt_root = output / "checkpoints"
     accelerator = Accelerator(
@@ -146,6 +160,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         log_with=_trackers(config.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dynamo_backend="inductor" if config.compile else None,  # None: accelerate's launch config decides
     )
     set_seed(config.seed)
     logger.info(
@@ -156,20 +171,12 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         accelerator.mixed_precision,
     )
     spec = get_task(setup.task)
-    base = setup.load_base()
-    peft_config = lora_config(
-        base,
-        config.lora_targets or spec.preset.targets,
-        r=config.lora_r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        exclude=None if config.lora_targets else spec.preset.exclude,
-    )
-    model = get_peft_model(base, peft_config)
+    model = build_trainable_model(setup.load_base(), setup.trainable, config, spec.preset)
     if config.gradient_checkpointing:
-        if not getattr(model.get_base_model(), "supports_gradient_checkpointing", False):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if not getattr(base, "supports_gradient_checkpointing", False):
             raise ConfigError(f"{type(base).__name__} does not support gradient_checkpointing")
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     if accelerator.is_main_process:
         logger.info(parameter_line(trainable, total))
@@ -180,6 +187,8 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         shuffle=True,
         collate_fn=setup.collate_fn,
         num_workers=config.num_workers,
+        # not persistent: workers are re-created each epoch so they see the dataset's set_epoch (augmentation)
+        pin_memory=torch.cuda.is_available(),
         drop_last=True,
         generator=torch.Generator().manual_seed(config.seed),
     )
@@ -187,10 +196,11 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the training split ({len(setup.train_dataset)})"
         )
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = optimizer_groups(model, setup.trainable.groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     # The fused kernel (CPU and CUDA) is what transformers' Trainer defaults to; XLA has none.
     fused = accelerator.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -303,7 +313,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
     save_checkpoint()
 
     result = TrainResult(
-        adapter_dir=output / "adapter",
+        adapter_dir=output / ("adapter" if setup.trainable.saves_adapter else "model"),
         metrics=state["metrics"],
         global_step=state["global_step"],
         losses=[tuple(x) for x in state["losses"]],
@@ -311,36 +321,88 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         total_params=total,
         is_main_process=accelerator.is_main_process,
     )
+    # Every process takes part (FSDP gathers shards here); only the main process writes.
+    full_state = accelerator.get_state_dict(model)
+    full_state = {k.replace("_orig_mod.", ""): v for k, v in full_state.items()}  # torch.compile's wrapper
     if accelerator.is_main_process:
-        _write_adapter(config, setup, accelerator.unwrap_model(model), result, eval_loader)
+        # keep_fp32_wrapper=False: the saved adapter and its reload check see the plain model, not the
+        # autocast forward accelerate wraps it in under fp16 / bf16.
+        _write_adapter(
+            config,
+            setup,
+            accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False),
+            full_state,
+            result,
+        )
         if config.push_to_hub:
-            info = hub.push(
-                result.adapter_dir,
-                config.push_to_hub,
-                hub=config.hub,
-                message=f"{setup.task} LoRA, step {result.global_step}",
-            )
-            result.pushed_revision = info.id
-            logger.info("pushed %s revision %s", config.push_to_hub, info.id)
+            result.pushed_revision = _push(config, setup, result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
-def _write_adapter(config, setup: TrainingSetup, model, result: TrainResult, eval_loader) -> None:
-    """Save the adapter, reload it onto a fresh base as a last check, then write its card."""
+def _push(config, setup: TrainingSetup, result: TrainResult) -> str:
+    try:
+        info = hub.push(
+            result.adapter_dir,
+            config.push_to_hub,
+            hub=config.hub,
+            message=f"{setup.task} LoRA, step {result.global_step}",
+        )
+    except HubkitError as err:
+        where = f" --hub {config.hub}" if config.hub else ""
+        raise PushAfterTrainingError(
+            f"Training finished and the adapter is saved in {result.adapter_dir}, but pushing it to "
+            f"{config.push_to_hub!r} failed: {err} Push it later with: "
+            f"hubkit push {result.adapter_dir} {config.push_to_hub}{where}"
+        ) from None
+    logger.info("pushed %s revision %s", config.push_to_hub, info.id)
+    return info.id
+
+
+def _adapter_state(model, full_state: dict) -> dict[str, torch.Tensor]:
+    """The adapter's tensors (PEFT key names), copied to host memory without moving the model."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, state_dict=full_state, save_embedding_layers=False)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def _save_trained(config, trainable: Trainable, model, full_state: dict, folder: Path) -> dict[str, dict]:
+    """Write what trained into `folder`; return {file name: tensors written} for the exact check."""
+    from safetensors.torch import save_file
+
+    written: dict[str, dict] = {}
+    if trainable.lora:
+        written[ADAPTER_WEIGHTS] = _adapter_state(model, full_state)
+        model.peft_config["default"].save_pretrained(folder)
+        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = config.base  # the id users load it on, not a local path
+        (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    if trainable.full_modules:
+        written[TRAINED_MODULES_FILE] = trained_module_state(model, trainable.full_modules)
+    if not trainable.saves_adapter:  # the whole model trained: save it in full, as its library does
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in full_state.items()}
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            return {}  # the library may shard or rename; the reload check below compares outputs
+        written[FULL_MODEL_WEIGHTS] = state
+    for name, tensors in written.items():
+        save_file(tensors, folder / name, metadata={"format": "pt"})
+    return written
+
+
+def _write_adapter(config, setup: TrainingSetup, model, full_state: dict, result: TrainResult) -> None:
+    """Save what trained, reload it onto a fresh base as a last check, then write its card."""
     folder = result.adapter_dir
     if folder.exists():
         shutil.rmtree(folder)
-    model = model.to("cpu")  # safetensors needs host tensors (XLA / GPU); training is over
-    model.save_pretrained(folder, save_embedding_layers=False)  # "auto" would ask the Hub about the base
-    adapter_config = json.loads((folder / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = config.base  # the id users load it on, not a local path
-    (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    for name, text in setup.extra_files.items():
-        (folder / name).write_text(text)
+    folder.mkdir(parents=True)
+    written = _save_trained(config, setup.trainable, model, full_state, folder)
+    for name, content in setup.extra_files.items():
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     dump_yaml(config, folder / "training_config.yaml")
-    _reload_check(setup, model, folder, eval_loader)
+    _reload_check(setup, model, written, folder, seed=config.seed)
     spec = get_task(setup.task)
     metrics = [
         cards.Metric(name=k, value=float(v), dataset_name=setup.dataset_name, dataset_type=setup.dataset_type)
@@ -364,16 +426,61 @@ def _write_adapter(config, setup: TrainingSetup, model, result: TrainResult, eva
     card.save(folder / "README.md")
 
 
+def reload_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance for one forward of the same weights: ~3 significant digits in 16-bit floats."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def _seeded_loss(setup: TrainingSetup, model, batch, seed: int) -> torch.Tensor:
+    """The loss with the global RNG reset, so a stochastic loss (diffusion noise, timesteps) draws the same."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return setup.loss_fn(model, batch).detach().float()
+
+
+def reload_trained(setup: TrainingSetup, folder: Path) -> torch.nn.Module:
+    """A fresh base with what a run saved in `folder` applied: the adapter, modules trained in place, or the
+    whole model's weights."""
+    from ..adapters import restore_trained_modules
+
+    trainable = setup.trainable
+    base = setup.load_base()
+    if trainable.lora:
+        return attach_adapter(base, folder, name="reload-check", check_base_model=False)
+    if trainable.full_modules:
+        restore_trained_modules(base, folder)
+        return base
+    if hasattr(base, "save_pretrained"):  # saved by its library (transformers / diffusers)
+        return type(base).from_pretrained(folder)
+    from safetensors.torch import load_file
+
+    base.load_state_dict(load_file(folder / FULL_MODEL_WEIGHTS))
+    return base
+
+
 @torch.no_grad()
-def _reload_check(setup: TrainingSetup, model, folder: Path, eval_loader) -> None:
-    loader = eval_loader or torch.utils.data.DataLoader(setup.train_dataset, batch_size=1, collate_fn=setup.collate_fn)
-    batch = next(iter(loader))
-    device = next(model.parameters()).device
-    reloaded = attach_adapter(setup.load_base(), folder, name="reload-check", check_base_model=False).to(device)
+def _reload_check(setup: TrainingSetup, model, written: dict[str, dict], folder: Path, *, seed: int) -> None:
+    """Two checks: the files hold exactly the trained tensors, and a fresh base plus the folder computes the
+    same loss as the trained model (same dtype, no autocast, dropout off, same random draws)."""
+    from safetensors.torch import load_file
+
+    for name, state in written.items():
+        saved = load_file(folder / name)
+        bad = sorted(k for k in state if k not in saved or not torch.equal(saved[k], state[k]))
+        if bad or saved.keys() != state.keys():
+            raise HubkitError(f"{folder / name} differs from the trained tensors in {bad[:5] or 'its keys'}")
+    dataset = setup.eval_dataset if setup.eval_dataset is not None and len(setup.eval_dataset) else setup.train_dataset
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=setup.collate_fn)))
+    param = next(model.parameters())
+    reloaded = reload_trained(setup, folder).to(param.device)
+    was_training = model.training
     model.eval()
     reloaded.eval()
-    expected = setup.loss_fn(model, batch).float()
-    got = setup.loss_fn(reloaded, batch).float()
-    model.train()
-    if not torch.allclose(expected, got, rtol=1e-3, atol=1e-6):
+    expected = _seeded_loss(setup, model, batch, seed)
+    got = _seeded_loss(setup, reloaded, batch, seed)
+    model.train(was_training)
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    dtype = min(floats, key=lambda d: torch.finfo(d).bits) if floats else torch.float32
+    if not torch.allclose(expected, got, rtol=reload_tolerance(dtype), atol=1e-6):
         raise HubkitError(f"The saved adapter in {folder} does not reproduce the trained model ({got} vs {expected})")

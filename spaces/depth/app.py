@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from hubkit.errors import HubkitError, InvalidImageError
-from hubkit.spaces_support import DepthDemo, check_upload, parse_intrinsics
+from hubkit.spaces_support import DepthDemo, check_upload, clean_on_shutdown, parse_intrinsics
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
 depth = DepthDemo()
@@ -75,8 +75,8 @@ def build_demo() -> gr.Blocks:
                 shown = gr.Image(label="Input", interactive=False, height=240, format="png")
                 gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
                 with gr.Row():
-                    # allow_custom_value: API callers may name any repo id or folder; the menus fill on page load,
-                    # and gradio 6 checks a value against the choices its session has seen.
+                    # allow_custom_value: the menus fill on page load, and gradio 6 checks a value against the choices
+                    # its session has seen. What a request may load is checked in hubkit (the allow-lists).
                     base = gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True, scale=4)
                     refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                 adapters = gr.Dropdown(
@@ -108,6 +108,7 @@ def build_demo() -> gr.Blocks:
             outputs=[base_out, adapted_out, more, files, info],
             api_name="predict",
         )
+    clean_on_shutdown(demo, depth.outputs)  # the request folders go when the server stops
     return demo
 
 

@@ -1,4 +1,4 @@
-"""The depth recipe's pieces for the shared loop: Zivid data, losses on the model's depth, mm metrics.
+"""The depth recipe: Depth Anything V2 (or DPT) + LoRA on Zivid RGB + XYZ pairs; config, data, loss, mm metrics.
 
 Targets: a relative-depth base (Depth Anything V2 "-hf", depth_estimation_type "relative") predicts
 inverse depth (bigger = nearer), so it trains against inverse depth and is evaluated after a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,11 +20,23 @@ from ..data.zivid import ZividDepthDataset, scan_zivid, split
 from ..errors import ConfigError
 from ..metrics.depth import DepthMetricAccumulator, align_inverse, masked_mse_normalised, silog_loss, ssi_loss
 from ..tasks import LoadOptions, get_task
-from .loop import TrainingSetup
+from ..training import TrainConfig, TrainingSetup, option
 
 logger = logging.getLogger(__name__)
 LOSSES = ("masked_mse", "silog", "ssi")
 TASK = "depth-estimation"
+
+
+@dataclass(frozen=True)
+class DepthLoraConfig(TrainConfig):
+    """The seed notebook's recipe (trainers/configs/depth_zivid.yaml holds its values)."""
+
+    base: str = option("base depth model", "depth-anything/Depth-Anything-V2-Small-hf")
+    input_size: int = option("square input side in pixels (a multiple of 14)", 518)
+    loss: str = option("masked_mse (the seed's), silog (DA-V2 metric fine-tuning) or ssi", "masked_mse")
+    silog_lambda: float = option("variance weight of the SiLog loss", 0.5)
+    val_fraction: float = option("fraction of pairs held out for evaluation", 0.2)
+    augment: bool = option("flip / scale-crop / colour jitter, image and depth kept aligned", True)
 
 
 def is_relative(model) -> bool:
@@ -103,6 +116,16 @@ def data_fingerprint(samples) -> str:
     return digest.hexdigest()[:16]
 
 
+def processor_normalisation(folder: Path) -> dict:
+    """mean / std from the base's own image processor: what `hubkit.load(...).predict` normalises with."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    if getattr(processor, "do_normalize", True) is False:
+        return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    return {"mean": tuple(processor.image_mean), "std": tuple(processor.image_std)}
+
+
 def depth_setup(config) -> TrainingSetup:
     """Everything the loop needs for Depth Anything LoRA on a Zivid-format folder."""
     if not config.data:
@@ -113,14 +136,20 @@ def depth_setup(config) -> TrainingSetup:
     report = scan_zivid(data_dir)
     train_samples, val_samples = split(report.samples, val_fraction=config.val_fraction, seed=config.seed)
     logger.info("%s; %d train / %d val", report.summary(), len(train_samples), len(val_samples))
-    train_ds = ZividDepthDataset(train_samples, size=config.input_size, augment=config.augment, seed=config.seed)
-    val_ds = ZividDepthDataset(val_samples, size=config.input_size, augment=False, seed=config.seed)
+    norm = processor_normalisation(folder)
+    train_ds = ZividDepthDataset(
+        train_samples, size=config.input_size, augment=config.augment, seed=config.seed, **norm
+    )
+    val_ds = ZividDepthDataset(val_samples, size=config.input_size, augment=False, seed=config.seed, **norm)
 
     def load_base():
         model, _ = task.load(folder, LoadOptions())
         return model
 
-    relative = is_relative(load_base())
+    from transformers import AutoConfig
+
+    # from the config alone: the base is loaded once for training and once for the final reload check
+    relative = getattr(AutoConfig.from_pretrained(folder), "depth_estimation_type", "relative") != "metric"
     return TrainingSetup(
         task=TASK,
         load_base=load_base,
