@@ -165,3 +165,49 @@ class MissingModelFileError(HubkitError, FileNotFoundError):
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class StageError(HubkitError, RuntimeError):
+    """A pipeline stage failed; `stage` names it and `error` is what it raised (also the ``__cause__``)."""
+
+    def __init__(self, stage, error: BaseException):
+        self.stage, self.task, self.base, self.error = stage.name, stage.task, stage.base, error
+        where = f"{stage.task}, base {str(stage.base)!r}" if stage.base else stage.task
+        super().__init__(f"Pipeline stage {stage.name!r} ({where}) failed: {type(error).__name__}: {error}")
+
+
+class UnknownArgumentError(ConfigError, TypeError):
+    """A task's predict() got keyword arguments it does not take (a ConfigError, and the TypeError Python raises)."""
+
+    def __init__(self, task: str, unknown, accepted):
+        import difflib
+
+        self.task, self.unknown, self.accepted = task, sorted(unknown), tuple(accepted)
+        names = ", ".join(repr(name) for name in self.unknown)
+        guesses = [m for name in self.unknown for m in difflib.get_close_matches(name, self.accepted, n=1)]
+        hint = f" (did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?)" if guesses else ""
+        takes = ", ".join(self.accepted) if self.accepted else "none besides the images"
+        plural = "s" if len(self.unknown) > 1 else ""
+        super().__init__(
+            f"Unknown predict() argument{plural} {names} for task {task!r}{hint}. Its arguments: {takes}."
+        )
+
+
+class TaskDefinitionError(HubkitError, TypeError):
+    """A Task subclass cannot be registered: a required fact of its record is missing or malformed."""
+
+    def __init__(self, task_class: object, problem: str):
+        self.task_class = task_class
+        where = f"{getattr(task_class, '__module__', '?')}.{getattr(task_class, '__qualname__', task_class)}"
+        super().__init__(f"Task class {where} {problem}.")
+
+
+class DuplicateTaskError(HubkitError, ValueError):
+    """register_task got a task whose name, tiny family or architecture a registered task already claims."""
+
+    def __init__(self, what: str, value: str, *, registered: str, new: str):
+        self.what, self.value, self.registered, self.new = what, value, registered, new
+        super().__init__(
+            f"Cannot register {new}: the {what} {value!r} already belongs to {registered}. "
+            f"Give {new} its own {what}, or change the registered task instead of adding a second one."
+        )

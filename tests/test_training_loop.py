@@ -69,10 +69,12 @@ def test_parameter_groups_get_their_own_learning_rate(vit, tmp_path):
     assert seen["classifier"][1] == 2 and seen["default"][1] > 2  # head weight + bias; the LoRA A/B matrices
 
 
-def test_diffusion_lora_and_conditioning_mlp_in_two_groups(diffusion, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_diffusion_lora_and_conditioning_mlp_in_two_groups(diffusion, tmp_path, precision):
     setup = diffusion_setup(diffusion)
     start = {k: v.clone() for k, v in setup.load_base().condition_adapter.state_dict().items()}
-    result = train(config(tmp_path, diffusion, max_steps=80, batch_size=8, learning_rate=1e-3), setup)
+    run = config(tmp_path, diffusion, max_steps=80, batch_size=8, learning_rate=1e-3, mixed_precision=precision)
+    result = train(run, setup)
     curve = [loss for _, loss in result.losses]
     assert np.mean(curve[-15:]) < 0.8 * np.mean(curve[:15]), curve
     folder = result.adapter_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, HubkitError
+from ..errors import ConfigError, StageError
 from ..tasks import get_task, to_pil
 
 if TYPE_CHECKING:
@@ -18,15 +18,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 IMAGE = "image"  # the context key of the input image; no stage may take this name
-
-
-class StageError(HubkitError, RuntimeError):
-    """A pipeline stage failed; `stage` names it and `error` is what it raised (also the ``__cause__``)."""
-
-    def __init__(self, stage: Stage, error: BaseException):
-        self.stage, self.task, self.base, self.error = stage.name, stage.task, stage.base, error
-        where = f"{stage.task}, base {str(stage.base)!r}" if stage.base else stage.task
-        super().__init__(f"Pipeline stage {stage.name!r} ({where}) failed: {type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)
