@@ -9,13 +9,16 @@ both sides, on this machine's CPU at a reduced input size. Each knob set runs on
     workers2           hubkit `num_workers=2` / Trainer `dataloader_num_workers=2`
     compile+workers2   both
 
-All variants run in one process, alternating for --rounds rounds (median of each is reported).
-Throughput is samples over the wall time of the steps after the first --warmup (compile happens
-there), so start-up, compile and saving are excluded on both sides. A torch.profiler pass over a few
-steps of hubkit's default variant splits a step into forward, backward, optimizer, data loading and the
-rest (the loop itself). stdout carries one JSON object and nothing else; logs go to stderr.
+All variants run in one process, alternating for --rounds rounds; the median of each is reported.
+Throughput is the batch over the median step time after the first --warmup steps (compile happens
+there), so start-up, compile and saving are excluded on both sides. On a shared machine a run starts
+once other processes leave the cores free, and runs again (--retries) if they took more than --quiet
+cores meanwhile; each run records that share, and the medians leave out disturbed runs. A torch.profiler
+pass over a few steps of hubkit's default variant splits a step into forward+loss, backward, optimizer,
+data loading and the loop's own work.
+stdout carries one JSON object and nothing else; logs and the Trainer's prints go to stderr.
 
-    python bench/train_depth.py [--steps 30] [--warmup 8] [--rounds 3] [--input-size 98] [--batch-size 4]
+    python bench/train_depth.py [--steps 16] [--warmup 5] [--rounds 3] [--input-size 98] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -262,11 +265,23 @@ def conclusion(vs_plain: dict[str, float], profile: dict) -> str:
     )
 
 
+def wait_for_quiet(quiet: float, *, sample_s: float = 2.0, max_wait_s: float = 120.0) -> None:
+    """Start a run once other processes use at most `quiet` cores (or after `max_wait_s`)."""
+    deadline = time.perf_counter() + max_wait_s
+    while time.perf_counter() < deadline:
+        busy0, own0 = cpu_seconds()
+        time.sleep(sample_s)
+        busy1, own1 = cpu_seconds()
+        if (busy1 - busy0) - (own1 - own0) <= quiet * sample_s:
+            return
+
+
 def quietest(run, *, retries: int, quiet: float) -> StepClock:
     """Run again (up to `retries` times) while other processes kept more than `quiet` cores busy; keep the
     quietest attempt. On a shared machine one busy neighbour slows a 2-thread step several-fold."""
     attempts = []
     for _ in range(retries + 1):
+        wait_for_quiet(quiet)
         with own_environment():
             attempts.append(run())
         if attempts[-1].others_cores() <= quiet:
@@ -275,10 +290,16 @@ def quietest(run, *, retries: int, quiet: float) -> StepClock:
     return min(attempts, key=StepClock.others_cores)
 
 
+def quiet_median(runs: list[dict], quiet: float) -> float:
+    """The median over the runs other processes left alone (over all of them if none was)."""
+    calm = [r["samples_per_s"] for r in runs if r["others_cores"] <= quiet]
+    return statistics.median(calm or [r["samples_per_s"] for r in runs])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=6, help="first steps left out of the timing (compile)")
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing (compile)")
     parser.add_argument("--input-size", type=int, default=98)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="alternate all variants this many times; median")
@@ -329,10 +350,7 @@ def main() -> None:
                     runs[side][knob].append(run)
                     print(f"round {round_} {side} {knob}: {run}", file=sys.stderr)
         profile = profile_hubkit(config, warmup=3, steps=args.profile_steps, retries=args.retries, quiet=args.quiet)
-    median = {
-        side: {knob: statistics.median(r["samples_per_s"] for r in rs) for knob, rs in by.items()}
-        for side, by in runs.items()
-    }
+    median = {side: {knob: quiet_median(rs, args.quiet) for knob, rs in by.items()} for side, by in runs.items()}
     plain = median["trainer"]["default"]
     vs_plain = {k: round(v / plain, 3) for k, v in median["hubkit"].items()}
     result = {

@@ -38,7 +38,7 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
     pushed = {}
     with tempfile.TemporaryDirectory(prefix="hubkit-bootstrap-") as tmp:
         folders = {}
-        for family, spec in tiny.FAMILIES.items():
+        for family, spec in tiny.families().items():
             if store.exists(spec.repo_name) and not force:
                 folders[family] = store.pull(spec.repo_name)
                 continue
@@ -46,7 +46,7 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
             card = cards.model_card(
                 model_name=spec.repo_name.split("/")[1],
                 pipeline_tag=spec.pipeline_tag,
-                library_name="diffusers" if family == "diffusion" else "transformers",
+                library_name=spec.library_name,
                 tags=["hubkit-tiny", "random-weights", "tests"],
                 description=NOTICE.format(what="model", real=spec.real_repo_id),
             )
@@ -55,7 +55,7 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
             folders[family] = store.pull(spec.repo_name)
         for task in list_tasks():
             spec = get_task(task)
-            base_repo = tiny.FAMILIES[spec.tiny_family].repo_name
+            base_repo = spec.tiny_models[0].repo_name
             for index in range(adapters_per_task):
                 repo = demo_adapter_repo(task, index)
                 if store.exists(repo) and not force:
@@ -66,7 +66,7 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
                 card = cards.adapter_card(
                     model_name=repo.split("/")[1],
                     base_model=base_repo,
-                    pipeline_tag=spec.pipeline_tag,
+                    **spec.card_fields(),
                     tags=["hubkit-tiny", "random-weights", task],
                     repo_id=repo,
                     task=task,

@@ -34,13 +34,6 @@ SIZE_CATEGORIES += ("10B<n<100B", "100B<n<1T", "n>1T")
 SHORT_DESCRIPTION_MAX = 60  # the Hub rejects longer Space short descriptions
 ADAPTER_TAGS = ("lora", "peft")
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "huggingface_hub", "hubkit")
-# transformers auto class for the plain-PEFT load snippet; anything else falls back to AutoModel.
-AUTO_CLASSES = {
-    "depth-estimation": "DepthEstimation", "mask-generation": "MaskGeneration", "image-to-text": "ImageTextToText",
-    "image-text-to-text": "ImageTextToText", "zero-shot-object-detection": "ZeroShotObjectDetection",
-    "object-detection": "ObjectDetection", "image-classification": "ImageClassification",
-    "image-segmentation": "ImageSegmentation",
-}  # fmt: skip
 # A config key is secret when its last word is one of these (hf_token, wandb_api_key; not max_new_tokens, pad_token_id).
 _SECRET_KEY = re.compile(r"(?i)(?:^|[_\-.])(token|secrets?|passw(or)?d|(api|access|secret|private)_?key|credentials?)$")
 _HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
@@ -81,8 +74,16 @@ def adapter_card(
     repo_id: str | None = None,
     task: str | None = None,
     notes: str | None = None,
+    auto_class: str = "AutoModel",
+    auto_processor: str | None = None,
+    base_library: str = "transformers",
 ) -> ModelCard:
-    """Card for a LoRA adapter repo: PEFT metadata, eval results as ``model-index``, load snippets, config."""
+    """Card for a LoRA adapter repo: PEFT metadata, eval results as ``model-index``, load snippets, config.
+
+    `auto_class` / `auto_processor` are the classes that load the base and its processor in the plain-PEFT snippet
+    (a task's record has them: ``adapter_card(..., **get_task(name).card_fields())``); a base that is not a
+    transformers model (`base_library`) gets the hubkit snippet only.
+    """
     _require(model_name=model_name, base_model=base_model, pipeline_tag=pipeline_tag, license=license)
     eval_results = [
         EvalResult(
@@ -115,7 +116,10 @@ def adapter_card(
         model_name=model_name,  # to_dict() drops it into model-index, the template still needs it
         task=task or pipeline_tag,
         adapter_repo=adapter_repo,
-        auto_class=f"AutoModelFor{AUTO_CLASSES[pipeline_tag]}" if pipeline_tag in AUTO_CLASSES else "AutoModel",
+        auto_class=auto_class,
+        auto_processor=auto_processor,
+        auto_imports=", ".join(sorted({auto_class, auto_processor} - {None})),
+        base_library=base_library,
         param_line=_param_line(trainable_params, total_params),
         metric_rows=list(metrics),
         dataset_revision=dataset_revision,

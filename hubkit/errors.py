@@ -188,9 +188,7 @@ class UnknownArgumentError(ConfigError, TypeError):
         hint = f" (did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?)" if guesses else ""
         takes = ", ".join(self.accepted) if self.accepted else "none besides the images"
         plural = "s" if len(self.unknown) > 1 else ""
-        super().__init__(
-            f"Unknown predict() argument{plural} {names} for task {task!r}{hint}. Its arguments: {takes}."
-        )
+        super().__init__(f"Unknown predict() argument{plural} {names} for task {task!r}{hint}. Its arguments: {takes}.")
 
 
 class TaskDefinitionError(HubkitError, TypeError):

@@ -15,21 +15,9 @@ import torch
 from . import hub
 from .adapters import lora_config, parameter_line, resolve_targets
 from .errors import ConfigError, RepoNotFoundError
-from .tasks import get_task
+from .tasks import get_task, task_for_architecture
 
 BUNDLED = Path(__file__).resolve().parent / "model_configs"
-# The task whose LoRA preset applies, by the architecture a config names.
-ARCHITECTURE_TASKS = {
-    "DepthAnythingForDepthEstimation": "depth-estimation",
-    "DPTForDepthEstimation": "depth-estimation",
-    "SamModel": "mask-generation",
-    "BlipForConditionalGeneration": "image-to-text",
-    "GroundingDinoForObjectDetection": "zero-shot-object-detection",
-    "MistralForCausalLM": "label-extraction",
-    "ViTForImageClassification": "image-classification",
-    "Dinov2Model": "image-embedding",
-    "UNet2DConditionModel": "conditional-image-generation",
-}
 
 
 @dataclass(frozen=True)
@@ -104,7 +92,8 @@ def plan(
     from peft import get_peft_model
 
     model, arch = build_on_meta(find_config(base))
-    task_name = preset or ARCHITECTURE_TASKS.get(arch)
+    # The task whose LoRA preset applies: the one whose record lists the architecture the config names.
+    task_name = preset or getattr(task_for_architecture(arch), "name", None)
     if task_name is None and not targets:
         raise ConfigError(f"No LoRA preset for architecture {arch}: pass --preset TASK or --targets a,b")
     spec = get_task(task_name) if task_name else None

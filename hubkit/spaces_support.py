@@ -172,9 +172,7 @@ def default_base(task: str, *, store=None) -> str:
         return spec.default_base
     except HubkitError:
         pass
-    from .tiny import FAMILIES
-
-    tiny_repo = FAMILIES[spec.tiny_family].repo_name
+    tiny_repo = spec.tiny_models[0].repo_name
     return tiny_repo if store.exists(tiny_repo) else spec.default_base
 
 

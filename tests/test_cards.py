@@ -54,6 +54,8 @@ def _adapter(**overrides):
         "dataset_revision": "sha256:0123abcd",
         "repo_id": "me/depth-anything-nyu-lora",
         "task": "depth",
+        "auto_class": "AutoModelForDepthEstimation",
+        "auto_processor": "AutoImageProcessor",
     }
     kwargs.update(overrides)
     return adapter_card(**kwargs)
@@ -95,7 +97,8 @@ def test_adapter_card_body(tmp_path):
     assert 'hubkit.load("depth", base="depth-anything/Depth-Anything-V2-Small-hf", ' in text
     assert 'adapters=["me/depth-anything-nyu-lora"])' in text
     assert 'PeftModel.from_pretrained(base, "me/depth-anything-nyu-lora")' in text
-    assert "AutoModelForDepthEstimation" in text
+    assert "from transformers import AutoImageProcessor, AutoModelForDepthEstimation\n\n" in text
+    assert f'processor = AutoImageProcessor.from_pretrained("{BASE}")\nbase = AutoModelForDepthEstimation' in text
     assert "| abs_rel | 0.123 | NYU mini | validation |" in text
     assert "| delta1 | 0.875 | NYU mini | test |" in text
     assert "sha256:0123abcd" in text
@@ -336,3 +339,22 @@ def test_no_f_string_yaml_in_cards_module():
     templates = Path(cards.__file__).parent / "templates"
     for name in ("adapter_card.md", "model_card.md", "dataset_card.md", "space_readme.md"):
         assert (templates / name).read_text(encoding="utf-8").startswith("---\n{{ card_data }}\n---\n"), name
+
+
+def test_adapter_card_load_snippet_follows_the_task_record(tmp_path):
+    """The plain-PEFT snippet names the classes of the task's record; a diffusers base gets the hubkit one only."""
+    from hubkit.tasks import get_task, list_tasks
+
+    for name in list_tasks():
+        task = get_task(name)
+        fields = task.card_fields()
+        text = _adapter(task=name, **fields, tags=(), metrics=()).text
+        assert f'hubkit.load("{name}", base="{BASE}"' in text
+        if task.library_name == "transformers":
+            assert f'base = {task.auto_model}.from_pretrained("{BASE}")' in text
+            assert (f" = {task.auto_processor}.from_pretrained" in text) == (task.auto_processor is not None)
+        else:
+            assert "PeftModel" not in text and f"The base is a {task.library_name} model" in text
+    plain = _adapter(auto_class="AutoModel", auto_processor=None).text  # the defaults: no processor line
+    assert "from transformers import AutoModel\n\nbase = AutoModel.from_pretrained" in plain
+    assert "processor =" not in plain

@@ -104,3 +104,11 @@ def test_gc_cli(tmp_path):
         proc = run_cli(*args)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+
+
+def test_ls_of_one_repo_honours_repo_type(tmp_path):
+    run_cli("push", str(make_folder(tmp_path / "f", FILES)), "me/data", "--repo-type", "dataset", "-m", "d", check=True)
+    assert "dataset  me/data" in run_cli("ls", "--repo-type", "dataset", check=True).stdout
+    assert "(main)" in run_cli("ls", "me/data", "--repo-type", "dataset", check=True).stdout
+    proc = run_cli("ls", "me/data")  # REPO alone means a model repo, as everywhere else
+    assert proc.returncode == 1 and "No model repo 'me/data'" in proc.stderr

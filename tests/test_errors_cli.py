@@ -5,6 +5,7 @@ Each case here used to end in a traceback (or a raw library message, or `[Errno 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -134,6 +135,11 @@ def test_debug_logging_still_shows_the_traceback(base, image, tmp_path):
     assert proc.stderr.splitlines()[-1].startswith("hubkit predict: ")
 
 
+def run_ls_as(monkeypatch, run) -> None:
+    """Make `hubkit ls` run `run` (its arguments and help stay those of the registered command)."""
+    monkeypatch.setitem(cli.COMMANDS, "ls", dataclasses.replace(cli.COMMANDS["ls"], run=run))
+
+
 # -- 4: a closed stdout -------------------------------------------------------------------------------------------
 def test_ls_into_a_reader_that_stops_after_one_line_exits_quietly(tmp_path):
     content = tmp_path / "content"
@@ -159,7 +165,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(monkeypatch, capsys)
     def upload(args):
         raise BrokenPipeError(32, "Broken pipe (the upload connection closed)")
 
-    monkeypatch.setitem(cli.COMMANDS, "ls", upload)
+    run_ls_as(monkeypatch, upload)
     assert cli.main(["ls"]) == 1
     assert capsys.readouterr().err.splitlines() == ["hubkit ls: [Errno 32] Broken pipe (the upload connection closed)"]
 
@@ -169,7 +175,7 @@ def test_a_library_value_error_is_one_line(monkeypatch, capsys):
     def command(args):
         raise ValueError("Couldn't instantiate the backend tokenizer from one of:\n(1) a serialization file,\n(2) ...")
 
-    monkeypatch.setitem(cli.COMMANDS, "ls", command)
+    run_ls_as(monkeypatch, command)
     assert cli.main(["ls"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [
@@ -183,7 +189,7 @@ def test_programming_errors_keep_their_traceback(monkeypatch):
     def command(args):
         raise TypeError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "ls", command)
+    run_ls_as(monkeypatch, command)
     with pytest.raises(TypeError, match="a bug"):
         cli.main(["ls"])
 

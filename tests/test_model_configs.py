@@ -54,3 +54,28 @@ def test_depth_anything_v2_small_lora_figure(capsys):
     assert peft_model.get_nb_trainable_parameters() == (442_368, 25_227_457)
     peft_model.print_trainable_parameters()
     assert "trainable params: 442,368 || all params: 25,227,457 || trainable%: 1.7535" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: str(f.relative_to(CONFIG_ROOT)))
+def test_bundled_config_maps_to_a_task(folder: Path):
+    """`hubkit lora plan` picks the preset of the task whose record lists the architecture the config names."""
+    from hubkit.tasks import task_for_architecture
+
+    raw = json.loads((folder / "config.json").read_text())
+    architecture = raw.get("_class_name") or raw["architectures"][0]
+    task = task_for_architecture(architecture)
+    assert task is not None, architecture
+    assert task.library_name == ("diffusers" if "_class_name" in raw else "transformers")
+
+
+def test_every_task_default_base_is_bundled():
+    """Every task's real default base plans offline, and maps back to that task."""
+    from hubkit.plan import build_on_meta, bundled_config_dir
+    from hubkit.tasks import get_task, list_tasks, task_for_architecture
+
+    for name in list_tasks():
+        task = get_task(name)
+        folder = bundled_config_dir(task.default_base)
+        assert folder is not None, task.default_base
+        _, architecture = build_on_meta(folder)
+        assert task_for_architecture(architecture) is task, (name, architecture)

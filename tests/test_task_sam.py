@@ -99,7 +99,7 @@ def test_prompted_masks_one_per_prompt(predictor):
         ({"boxes": [[0, 0, 5]]}, "boxes must be"),
         ({"points": [[1, 2], [3, 4]], "boxes": [[0, 0, 5, 5]]}, "one box per prompt"),
         ({"points": [[np.nan, 2]]}, "finite"),
-        ({"colour": "red"}, "unknown arguments"),
+        ({"colour": "red"}, r"Unknown predict\(\) argument 'colour'"),  # UnknownArgumentError, a ConfigError
     ],
 )
 def test_bad_prompts_are_clear_errors(predictor, kwargs, match):

@@ -5,6 +5,8 @@ Parametrised over the registry, so a new task module is tested as soon as it reg
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import same
@@ -12,8 +14,17 @@ from skimage import data
 
 import hubkit
 from hubkit import tiny
-from hubkit.errors import InvalidImageError, MissingModelFileError, UnknownTaskError
-from hubkit.tasks import get_task, list_tasks
+from hubkit.errors import (
+    ConfigError,
+    DuplicateTaskError,
+    InvalidImageError,
+    MissingModelFileError,
+    TaskDefinitionError,
+    UnknownArgumentError,
+    UnknownTaskError,
+)
+from hubkit.tasks import TASKS as REGISTRY
+from hubkit.tasks import Task, TinyModel, get_task, list_tasks, register_task
 
 TASKS = list_tasks()
 
@@ -48,6 +59,106 @@ def test_registry_lists_every_family():
         assert task.preset.targets
     with pytest.raises(UnknownTaskError, match="depth-estimation"):
         get_task("no-such-task")
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_task_record_names_real_classes(name):
+    """The record's facts resolve: the library imports and has the auto classes the cards tell users to load with."""
+    task = get_task(name)
+    library = importlib.import_module(task.library_name)
+    assert hasattr(library, task.auto_model), task.auto_model
+    assert task.auto_processor is None or hasattr(library, task.auto_processor), task.auto_processor
+    assert task.architectures and all(hasattr(library, arch) for arch in task.architectures)
+    assert task.tiny_models and all(isinstance(t, TinyModel) and t.mimics.count("/") == 1 for t in task.tiny_models)
+    assert task.tiny_family == task.tiny_models[0].family
+    fields = task.card_fields()
+    assert (fields["pipeline_tag"], fields["auto_class"], fields["base_library"]) == (
+        task.pipeline_tag,
+        task.auto_model,
+        task.library_name,
+    )
+
+
+def _record(cls: type[Task], **facts) -> type[Task]:
+    """A subclass of a registered task with some facts changed (not registered)."""
+    return type(f"{cls.__name__}Copy", (cls,), facts)
+
+
+@pytest.fixture
+def restore_registry():
+    saved = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+def test_register_task_refuses_a_duplicate_name_family_or_architecture(restore_registry):
+    depth = type(get_task("depth-estimation"))
+    before = dict(REGISTRY)
+    with pytest.raises(DuplicateTaskError, match="depth-estimation") as err:
+        register_task(_record(depth))  # same name, another class
+    assert (err.value.what, err.value.value) == ("task name", "depth-estimation")
+    assert isinstance(err.value, ValueError) and "hubkit.tasks.depth.DepthEstimation" in str(err.value)
+    with pytest.raises(DuplicateTaskError) as err:
+        register_task(_record(depth, name="depth-copy"))  # a new name, but the tiny families are depth's
+    assert err.value.what == "tiny family" and err.value.value in ("depth-anything", "dpt")
+    own_tiny = (TinyModel("depth-copy", depth.tiny_models[0].build, mimics="someone/depth"),)
+    with pytest.raises(DuplicateTaskError) as err:
+        register_task(_record(depth, name="depth-copy", tiny_models=own_tiny))  # same architectures
+    assert err.value.what == "architecture" and err.value.value in depth.architectures
+    with pytest.raises(TaskDefinitionError, match="auto_model"):
+        register_task(_record(depth, name="depth-copy", tiny_models=own_tiny, architectures=("X",), auto_model=""))
+    assert before == REGISTRY  # nothing refused was registered
+    register_task(depth)  # the same definition again (a module reload) replaces itself
+    assert list(REGISTRY) == list(before) and type(REGISTRY["depth-estimation"]) is depth
+
+
+def test_a_new_record_reaches_every_view_of_the_registry(restore_registry):
+    """A new family is one task module + one tiny builder: tiny, lora plan and cards read it from the registry."""
+    from hubkit.tasks import task_for_architecture
+
+    depth = type(get_task("depth-estimation"))
+    tiny_model = TinyModel("depth-copy", depth.tiny_models[0].build, mimics="someone/depth")
+    register_task(_record(depth, name="depth-copy", tiny_models=(tiny_model,), architectures=("DepthCopyModel",)))
+    spec = tiny.FAMILIES["depth-copy"]
+    assert (spec.task, spec.repo_name, spec.real_repo_id) == ("depth-copy", "hubkit-tiny/depth-copy", "someone/depth")
+    assert task_for_architecture("DepthCopyModel") is get_task("depth-copy")
+    assert "depth-copy" in list_tasks()
+
+
+def test_predict_with_var_keywords_is_refused_when_the_class_is_made():
+    with pytest.raises(TaskDefinitionError, match=r"\*\*kwargs"):
+
+        class Sloppy(Task):
+            def predict(self, model, processor, images, *, strength=1.0, **kwargs):
+                return []
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_an_unknown_predict_argument_is_one_typed_error(name, bases):
+    task = get_task(name)
+    assert set(task.example_kwargs) <= set(task.predict_arguments())
+    with pytest.raises(UnknownArgumentError) as err:
+        task.predict(None, None, [], no_such_argument=1)  # refused before the task touches the model
+    assert (err.value.task, err.value.unknown, err.value.accepted) == (
+        name,
+        ["no_such_argument"],
+        task.predict_arguments(),
+    )
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ConfigError)
+    assert name in str(err.value) and "no_such_argument" in str(err.value)
+    assert all(arg in str(err.value) for arg in task.predict_arguments())
+    predictor = hubkit.load(name, bases[name])
+    with pytest.raises(UnknownArgumentError, match="'no_such_argument'"):
+        predictor.predict(data.astronaut(), **task.example_kwargs, no_such_argument=1)
+
+
+def test_unknown_predict_arguments_suggest_the_close_ones():
+    detection = get_task("zero-shot-object-detection")
+    with pytest.raises(UnknownArgumentError, match="did you mean 'labels'"):
+        detection.predict(None, None, [], label=["a cat"])
+    assert get_task("depth-estimation").predict_arguments() == ()
+    assert get_task("image-classification").predict_arguments() == ("top_k",)
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -1,7 +1,12 @@
-"""Every tiny family builds, reloads with the stock classes, and runs one real forward on a real image."""
+"""Every tiny family builds, reloads with the stock classes, and runs one real forward on a real image.
+
+The families come from the task registry (each task's `tiny_models`), so a new family is tested as soon as its task
+registers; the `check_<family>` functions below add family-specific checks on top of the generic ones.
+"""
 
 from __future__ import annotations
 
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,8 @@ from safetensors.torch import load_file
 
 from hubkit import tiny
 from hubkit.errors import UnknownTaskError
-from hubkit.tasks import get_task, list_tasks
+from hubkit.plan import build_on_meta, find_config
+from hubkit.tasks import LoadOptions, get_task, list_tasks, task_for_architecture
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -178,14 +184,24 @@ def check_image_embedding(folder: Path, image: Image.Image) -> None:
 CHECKS = {name[len("check_") :].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("check_")}
 
 
-def test_every_family_has_a_check_and_a_tag():
-    assert set(CHECKS) == set(tiny.FAMILIES)
-    assert set(tiny.PIPELINE_TAGS) == set(tiny.FAMILIES)  # no family without a tag, no tag of a removed family
+def test_registry_and_tiny_families_agree():
+    """Every task names tiny families that exist (a builder in hubkit/tiny/<family>.py); every tiny family module
+    belongs to exactly one task; the family views carry the owning task's card facts."""
     tasks = [get_task(name) for name in list_tasks()]
-    for task in tasks:  # bootstrap cards the tiny base and the task's demo adapters with these two tags
-        assert tiny.FAMILIES[task.tiny_family].pipeline_tag == task.pipeline_tag, task.name
-    assert {spec.pipeline_tag for spec in tiny.FAMILIES.values()} <= {task.pipeline_tag for task in tasks}
-    assert all(spec.repo_name == f"hubkit-tiny/{family}" for family, spec in tiny.FAMILIES.items())
+    declared = [(task, model) for task in tasks for model in task.tiny_models]
+    families = tiny.families()
+    assert len(families) == len(declared)  # no family claimed twice
+    for task, model in declared:
+        spec = families[model.family]
+        assert (spec.task, spec.builder, spec.real_repo_id) == (task.name, model.build, model.mimics)
+        # bootstrap cards the tiny base and the task's demo adapters with these
+        assert (spec.pipeline_tag, spec.library_name) == (task.pipeline_tag, task.library_name)
+        assert spec.repo_name == model.repo_name == f"hubkit-tiny/{model.family}"
+        assert model.build.__module__ == f"hubkit.tiny.{model.family.replace('-', '_')}", model.family
+    modules = {m.name for m in pkgutil.iter_modules(tiny.__path__) if not m.name.startswith("_")}
+    assert modules == {model.family.replace("-", "_") for _, model in declared}  # no builder without a task
+    assert set(tiny.FAMILIES) == set(families)
+    assert set(CHECKS) <= set(families)  # no check left behind by a removed family
 
 
 @pytest.mark.parametrize("family", list(tiny.FAMILIES))
@@ -195,7 +211,13 @@ def test_family_loads_and_runs(family: str, built: dict[str, Path], image: Image
     assert any(f.suffix == ".safetensors" for f in files)
     assert not [f for f in files if f.suffix in {".bin", ".pt", ".pth", ".ckpt"}]
     assert sum(f.stat().st_size for f in files) < MAX_BYTES
-    CHECKS[family](folder, image)
+    task = get_task(tiny.FAMILIES[family].task)
+    _, architecture = build_on_meta(find_config(str(folder)))  # as `hubkit lora plan` reads it
+    assert architecture in task.architectures and task_for_architecture(architecture) is task
+    model, _ = task.load(folder, LoadOptions())  # the owning task loads it
+    assert type(model).__name__ in (*task.architectures, "ConditionedUNet")
+    if family in CHECKS:
+        CHECKS[family](folder, image)
 
 
 @pytest.mark.parametrize("family", list(tiny.FAMILIES))

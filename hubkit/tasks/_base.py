@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import inspect
 import logging
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,8 +18,11 @@ from PIL import Image
 
 from ..errors import (
     ConfigError,
+    DuplicateTaskError,
     InvalidImageError,
     MissingModelFileError,
+    TaskDefinitionError,
+    UnknownArgumentError,
     UnknownTaskError,
     UnsafePickleError,
     UnsafeWeightsError,
@@ -26,6 +32,7 @@ logger = logging.getLogger(__name__)
 TASKS: dict[str, Task] = {}
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs with a clear error, not an OOM
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TINY_NAMESPACE = "hubkit-tiny"  # where `hubkit bootstrap` puts the tiny bases in the local store
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,20 @@ class LoraPreset:
 
 
 @dataclass(frozen=True)
+class TinyModel:
+    """A tiny random-weight stand-in of a family, for tests and offline demos: built by `hubkit.tiny.build(family)`
+    and stored by `hubkit bootstrap` as ``hubkit-tiny/<family>``."""
+
+    family: str
+    build: Callable[[Path], None]  # writes the folder: a `build(out)` of a module in hubkit/tiny/
+    mimics: str  # the real Hub repo whose classes, file layout and preprocessing it copies
+
+    @property
+    def repo_name(self) -> str:
+        return f"{TINY_NAMESPACE}/{self.family}"
+
+
+@dataclass(frozen=True)
 class LoadOptions:
     dtype: Any = None
     device: str = "cpu"
@@ -51,31 +72,74 @@ class LoadOptions:
 
 
 class Task:
-    """One model family end to end. Subclasses set the class attributes and implement the methods."""
+    """One model family end to end: the one record of its facts (the class attributes) and how to load it, predict
+    and save outputs (the methods). Subclasses set the attributes and implement the methods; `register_task` checks
+    the record and adds it to the registry, which everything else reads (`lora plan`, cards, `hubkit.tiny`,
+    `hubkit bootstrap`, the Spaces)."""
 
     name: ClassVar[str]
-    pipeline_tag: ClassVar[str]
+    pipeline_tag: ClassVar[str]  # the Hub pipeline tag of the family's cards
+    library_name: ClassVar[str] = "transformers"  # the library the base model loads with: transformers, diffusers
+    # The model classes a base's config names (config.json `architectures`, or a diffusers `_class_name`): how
+    # `hubkit lora plan` maps a config to this task's LoRA preset.
+    architectures: ClassVar[tuple[str, ...]]
+    # The `library_name` classes that load the weights and the processor, as the cards' "how to load" shows them.
+    auto_model: ClassVar[str]
+    auto_processor: ClassVar[str | None] = "AutoProcessor"  # None: the family has no processor
     default_base: ClassVar[str]  # the real Hub id the recipes and Spaces use
-    tiny_family: ClassVar[str]  # hubkit.tiny family for offline tests and demos
+    # Tiny random-weight stand-ins (hubkit.tiny) for offline tests and demos; the first is the task's own.
+    tiny_models: ClassVar[tuple[TinyModel, ...]]
     output_type: ClassVar[str]  # what predict returns, for docs and the CLI
     preset: ClassVar[LoraPreset]
     # Extra predict() arguments a task needs beyond images (e.g. labels to detect); used by tests and the CLI.
     example_kwargs: ClassVar[dict] = {}
-
-    # The transformers auto class that reads the folder's processor files.
-    processor_loader: ClassVar[str] = "AutoProcessor"
     # Files the processor reads, checked before anything loads so a missing one is named (transformers only says
     # "Can't load image processor"). Each entry is a group of alternatives: any one of them will do.
     processor_files: ClassVar[tuple[tuple[str, ...], ...]] = (("preprocessor_config.json", "processor_config.json"),)
+    # The keyword arguments predict() takes beyond the images, read off its signature when the class is made.
+    _predict_arguments: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        predict = cls.__dict__.get("predict")
+        if predict is not None:
+            cls._predict_arguments = _keyword_arguments(cls, predict)
+            cls.predict = _refusing_unknown_arguments(predict)
+
+    @property
+    def tiny_family(self) -> str:
+        """The hubkit.tiny family tests and offline demos use for this task (its first tiny model)."""
+        return self.tiny_models[0].family
+
+    def predict_arguments(self) -> tuple[str, ...]:
+        """The keyword arguments predict() takes beyond the images (what ``--arg NAME=VALUE`` may name)."""
+        return self._predict_arguments
+
+    def check_predict_arguments(self, kwargs: Mapping[str, Any]) -> None:
+        """Raise UnknownArgumentError if `kwargs` names an argument predict() does not take (predict checks this
+        itself; call it to fail before loading anything)."""
+        unknown = set(kwargs) - set(self._predict_arguments)
+        if unknown:
+            raise UnknownArgumentError(self.name, unknown, self._predict_arguments)
+
+    def card_fields(self) -> dict[str, Any]:
+        """The facts `hubkit.cards.adapter_card` needs about an adapter of this task."""
+        return {
+            "pipeline_tag": self.pipeline_tag,
+            "auto_class": self.auto_model,
+            "auto_processor": self.auto_processor,
+            "base_library": self.library_name,
+        }
 
     def load(self, folder: Path, options: LoadOptions) -> tuple[Any, Any]:
         """Return (model, processor) from a local folder; tasks with more parts override this."""
-        import transformers
-
         self.check_files(folder)
         with refusing_pickles(folder):
             model = self.model_class(folder).from_pretrained(folder, **pretrained_kwargs(options))
-        return model, getattr(transformers, self.processor_loader).from_pretrained(folder)
+        processor = None
+        if self.auto_processor is not None:
+            processor = getattr(importlib.import_module(self.library_name), self.auto_processor).from_pretrained(folder)
+        return model, processor
 
     def check_files(self, folder: Path) -> None:
         """Raise MissingModelFileError naming the first of `processor_files` the folder lacks."""
@@ -85,7 +149,7 @@ class Task:
                     folder,
                     group,
                     task=self.name,
-                    needed_for=f"processor ({self.processor_loader})",
+                    needed_for=f"processor ({self.auto_processor})",
                     hint=(
                         f"Copy it from the Hub repo the weights came from (e.g. {self.default_base}), or write it "
                         "with processor.save_pretrained(folder)."
@@ -93,10 +157,13 @@ class Task:
                 )
 
     def model_class(self, folder: Path | None = None):
-        """The transformers / diffusers class the weights load into (used to build from a config)."""
-        raise NotImplementedError
+        """The transformers / diffusers class the weights load into (used to build from a config): `auto_model`
+        from `library_name` unless the task overrides this."""
+        return getattr(importlib.import_module(self.library_name), self.auto_model)
 
-    def predict(self, model, processor, images: list[Image.Image], **kwargs) -> list[Any]:
+    def predict(self, model, processor, images: list[Image.Image]) -> list[Any]:
+        """One output per image. Subclasses add keyword-only arguments by name (no ``**kwargs``): any other
+        keyword raises UnknownArgumentError before the task runs."""
         raise NotImplementedError
 
     def save_output(self, output: Any, out_dir: Path, stem: str) -> list[Path]:
@@ -104,9 +171,62 @@ class Task:
         raise NotImplementedError
 
 
+def _keyword_arguments(cls: type, predict) -> tuple[str, ...]:
+    """The names predict(self, model, processor, images, ...) takes by keyword after the images."""
+    params = list(inspect.signature(predict).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise TaskDefinitionError(
+            cls, "declares predict(**kwargs): name each predict argument, so unknown ones are refused for the user"
+        )
+    by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params[4:] if p.kind in by_keyword)
+
+
+def _refusing_unknown_arguments(predict):
+    @functools.wraps(predict)
+    def checked(self, model, processor, images, *args, **kwargs):
+        self.check_predict_arguments(kwargs)
+        return predict(self, model, processor, images, *args, **kwargs)
+
+    return checked
+
+
+# What a task record must set (class attributes without a usable default).
+_REQUIRED = ("name", "pipeline_tag", "library_name", "architectures", "auto_model", "default_base", "tiny_models")
+_REQUIRED += ("output_type", "preset")
+
+
 def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: check the task's record and add it to the registry under ``cls.name``.
+
+    Refuses (TaskDefinitionError) a record missing a required fact, and (DuplicateTaskError) a name, tiny family or
+    architecture another registered task already claims. Registering the same class again (a module reload)
+    replaces it.
+    """
+    missing = [attr for attr in _REQUIRED if not getattr(cls, attr, None)]
+    if missing:
+        raise TaskDefinitionError(cls, f"sets no {', '.join(missing)}")
+    if not all(isinstance(t, TinyModel) for t in cls.tiny_models):
+        raise TaskDefinitionError(cls, f"has tiny_models that are not TinyModel records: {cls.tiny_models!r}")
+    new = f"task {cls.name!r} ({_qualname(cls)})"
+    for other in TASKS.values():
+        if _qualname(type(other)) == _qualname(cls):  # the same definition, re-imported
+            continue
+        shared = {
+            "task name": {cls.name} & {other.name},
+            "tiny family": {t.family for t in cls.tiny_models} & {t.family for t in other.tiny_models},
+            "architecture": set(cls.architectures) & set(other.architectures),
+        }
+        for what, values in shared.items():
+            if values:
+                theirs = f"task {other.name!r} ({_qualname(type(other))})"
+                raise DuplicateTaskError(what, sorted(values)[0], registered=theirs, new=new)
     TASKS[cls.name] = cls()
     return cls
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def get_task(name: str) -> Task:
@@ -116,6 +236,14 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise UnknownTaskError(name, list(TASKS)) from None
+
+
+def task_for_architecture(architecture: str) -> Task | None:
+    """The registered task whose family has `architecture` (a config's `architectures` entry or a diffusers
+    `_class_name`), or None."""
+    from . import _all  # noqa: F401  (imports every task module so they register)
+
+    return next((task for task in TASKS.values() if architecture in task.architectures), None)
 
 
 def pretrained_kwargs(options: LoadOptions) -> dict:

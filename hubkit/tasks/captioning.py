@@ -8,7 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoraPreset, Task, register_task
+from ..tiny import blip as tiny_blip
+from ._base import LoraPreset, Task, TinyModel, register_task
 
 
 @dataclass
@@ -20,8 +21,10 @@ class Caption:
 class ImageCaptioning(Task):
     name = "image-to-text"
     pipeline_tag = "image-to-text"
+    architectures = ("BlipForConditionalGeneration",)
+    auto_model = "AutoModelForImageTextToText"  # loads BlipForConditionalGeneration
     default_base = "Salesforce/blip-image-captioning-base"
-    tiny_family = "blip"
+    tiny_models = (TinyModel("blip", tiny_blip.build, mimics="Salesforce/blip-image-captioning-base"),)
     output_type = "Caption (text)"
     # Text decoder self- and cross-attention `query` / `value` (the usual q,v LoRA recipe for BERT-style decoders:
     # cross-attention queries decide what the caption looks at) plus the vision encoder's fused `qkv`, so the

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoraPreset, Task, register_task
+from ..tiny import image_classification as tiny_image_classification
+from ._base import LoraPreset, Task, TinyModel, register_task
 
 
 @dataclass
@@ -27,24 +28,22 @@ class Classification:
 class ImageClassification(Task):
     name = "image-classification"
     pipeline_tag = "image-classification"
+    architectures = ("ViTForImageClassification",)
+    auto_model = "AutoModelForImageClassification"
+    auto_processor = "AutoImageProcessor"
     default_base = "google/vit-base-patch16-224"
-    tiny_family = "image-classification"
+    tiny_models = (
+        TinyModel("image-classification", tiny_image_classification.build, mimics="google/vit-base-patch16-224"),
+    )
     output_type = "Classification (top-k labels and softmax scores, best first)"
     # The LoRA image-classification recipe: attention query / value / key (q_proj ... in transformers 5).
     preset = LoraPreset(targets=("query", "key", "value"), r=16, alpha=32, dropout=0.05)
-
-    def model_class(self, folder: Path | None = None):
-        from transformers import AutoModelForImageClassification
-
-        return AutoModelForImageClassification
-
-    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_labels); the training loop uses this too."""
         return model(pixel_values=pixel_values).logits
 
-    def predict(self, model, processor, images: list[Image.Image], *, top_k: int = 5, **kwargs) -> list[Classification]:
+    def predict(self, model, processor, images: list[Image.Image], *, top_k: int = 5) -> list[Classification]:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
         if not images:

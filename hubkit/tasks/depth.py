@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import LoraPreset, Task, register_task
+from ..tiny import depth_anything as tiny_depth_anything
+from ..tiny import dpt as tiny_dpt
+from ._base import LoraPreset, Task, TinyModel, register_task
 
 
 @dataclass
@@ -26,24 +28,23 @@ class DepthPrediction:
 class DepthEstimation(Task):
     name = "depth-estimation"
     pipeline_tag = "depth-estimation"
+    architectures = ("DepthAnythingForDepthEstimation", "DPTForDepthEstimation")
+    auto_model = "AutoModelForDepthEstimation"
+    auto_processor = "AutoImageProcessor"
     default_base = "depth-anything/Depth-Anything-V2-Small-hf"
-    tiny_family = "depth-anything"
+    tiny_models = (
+        TinyModel("depth-anything", tiny_depth_anything.build, mimics="depth-anything/Depth-Anything-V2-Small-hf"),
+        TinyModel("dpt", tiny_dpt.build, mimics="Intel/dpt-large"),
+    )
     output_type = "DepthPrediction (H x W float32 depth map)"
     # The seed's recipe: query / key / value of the backbone attention, not the output projection.
     preset = LoraPreset(targets=("query", "key", "value"), r=16, alpha=32, dropout=0.05)
-
-    def model_class(self, folder: Path | None = None):
-        from transformers import AutoModelForDepthEstimation
-
-        return AutoModelForDepthEstimation
-
-    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """Predicted depth (B, h, w) at the network's resolution; the training loop uses this too."""
         return model(pixel_values=pixel_values).predicted_depth
 
-    def predict(self, model, processor, images: list[Image.Image], **kwargs) -> list[DepthPrediction]:
+    def predict(self, model, processor, images: list[Image.Image]) -> list[DepthPrediction]:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         relative = getattr(_config(model), "depth_estimation_type", "relative") != "metric"

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError
-from ._base import LoraPreset, Task, register_task
+from ..tiny import grounding_dino as tiny_grounding_dino
+from ._base import LoraPreset, Task, TinyModel, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class Detections:
 class ZeroShotDetection(Task):
     name = "zero-shot-object-detection"
     pipeline_tag = "zero-shot-object-detection"
+    architectures = ("GroundingDinoForObjectDetection",)
+    auto_model = "AutoModelForZeroShotObjectDetection"
     default_base = "IDEA-Research/grounding-dino-tiny"
-    tiny_family = "grounding-dino"
+    tiny_models = (TinyModel("grounding-dino", tiny_grounding_dino.build, mimics="IDEA-Research/grounding-dino-tiny"),)
     output_type = "Detections (xyxy boxes, scores, labels)"
     # The detection transformer's attention: the text enhancer's and the decoder's self / text-cross attention
     # (query, key, value, out_proj) and the deformable attention's value / output projections. The Swin and BERT

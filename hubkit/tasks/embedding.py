@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoraPreset, Task, register_task
+from ..tiny import image_embedding as tiny_image_embedding
+from ._base import LoraPreset, Task, TinyModel, register_task
 
 POOLINGS = ("cls", "mean")
 
@@ -31,17 +32,13 @@ class Embedding:
 class ImageEmbedding(Task):
     name = "image-embedding"
     pipeline_tag = "image-feature-extraction"
+    architectures = ("Dinov2Model",)
+    auto_model = "AutoModel"
+    auto_processor = "AutoImageProcessor"
     default_base = "facebook/dinov2-small"
-    tiny_family = "image-embedding"
+    tiny_models = (TinyModel("image-embedding", tiny_image_embedding.build, mimics="facebook/dinov2-small"),)
     output_type = "Embedding ((D,) float32 vector, unit norm by default)"
     preset = LoraPreset(targets=("query", "key", "value"), r=16, alpha=32, dropout=0.05)
-
-    def model_class(self, folder: Path | None = None):
-        from transformers import AutoModel
-
-        return AutoModel
-
-    processor_loader = "AutoImageProcessor"
 
     def forward(self, model, pixel_values: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
         """Pooled (B, D) features before normalisation; the training loop uses this too."""
@@ -52,7 +49,7 @@ class ImageEmbedding(Task):
         return hidden[:, skip:].mean(dim=1)
 
     def predict(
-        self, model, processor, images: list[Image.Image], *, pooling: str = "cls", normalize: bool = True, **kwargs
+        self, model, processor, images: list[Image.Image], *, pooling: str = "cls", normalize: bool = True
     ) -> list[Embedding]:
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, register_task
+from ..tiny import diffusion as tiny_diffusion
+from ._base import LoadOptions, LoraPreset, Task, TinyModel, register_task
 
 logger = logging.getLogger(__name__)
 ADAPTER_DIR = "condition_adapter"
@@ -143,8 +144,12 @@ def _to_pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:  # 
 class ConditionalImageGeneration(Task):
     name = "conditional-image-generation"
     pipeline_tag = "image-to-image"
+    library_name = "diffusers"
+    architectures = ("UNet2DConditionModel",)
+    auto_model = "UNet2DConditionModel"  # in the repo's unet/ folder
+    auto_processor = None
     default_base = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    tiny_family = "diffusion"
+    tiny_models = (TinyModel("diffusion", tiny_diffusion.build, mimics="stable-diffusion-v1-5/stable-diffusion-v1-5"),)
     processor_files = ()  # no processor: the UNet is conditioned on the VAE latents of the input image
     output_type = "GeneratedImage (RGB PIL image sampled from the conditioning image's embedding)"
     # The diffusers LoRA recipe's attention projections, in the UNet only (the VAE has to_q ... too).
@@ -155,11 +160,6 @@ class ConditionalImageGeneration(Task):
         dropout=0.05,
         exclude=r"^(vae|condition_adapter)\..*",
     )
-
-    def model_class(self, folder: Path | None = None):
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel
 
     def load(self, folder: Path, options: LoadOptions):
         from diffusers import AutoencoderKL
@@ -226,7 +226,6 @@ class ConditionalImageGeneration(Task):
         seed: int = 0,
         height: int | None = None,
         width: int | None = None,
-        **kwargs,
     ) -> list[GeneratedImage]:
         """One image per conditioning image (or per embedding row), each from the same `seed`'s noise.
 

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, refusing_pickles, register_task
+from ..tiny import mistral as tiny_mistral
+from ._base import LoadOptions, LoraPreset, Task, TinyModel, pretrained_kwargs, refusing_pickles, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,11 @@ def _captions_per_image(captions, n_images: int) -> list[list[str]]:
 class LabelExtraction(Task):
     name = "label-extraction"
     pipeline_tag = "text-generation"
+    architectures = ("MistralForCausalLM",)
+    auto_model = "AutoModelForCausalLM"
+    auto_processor = "AutoTokenizer"
     default_base = "mistralai/Mistral-7B-Instruct-v0.2"
-    tiny_family = "mistral"
+    tiny_models = (TinyModel("mistral", tiny_mistral.build, mimics="mistralai/Mistral-7B-Instruct-v0.3"),)
     output_type = "Labels (object class names parsed from the LLM's answer, and the raw answer)"
     # QLoRA's recipe: every linear layer of the decoder blocks, attention and MLP.
     preset = LoraPreset(
@@ -115,14 +119,8 @@ class LabelExtraction(Task):
         dropout=0.05,
     )
     example_kwargs: ClassVar[dict] = {"captions": ["a cat sitting on a mat next to a window"]}
-    processor_loader = "AutoTokenizer"
     # The fast tokenizer's file (or the sentencepiece model it can be converted from).
     processor_files = (("tokenizer.json", "tokenizer.model"),)
-
-    def model_class(self, folder: Path | None = None):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
 
     def load(self, folder: Path, options: LoadOptions):
         from transformers import AutoTokenizer
@@ -169,7 +167,6 @@ class LabelExtraction(Task):
         *,
         captions: Sequence[str] | Sequence[Sequence[str]] | str | None = None,
         max_new_tokens: int = 32,
-        **kwargs,
     ) -> list[Labels]:
         """One Labels per image, from that image's captions (the pixels themselves are not read)."""
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:

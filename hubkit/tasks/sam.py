@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, HubkitError, UnsafeWeightsError
-from ._base import LoadOptions, LoraPreset, Task, pretrained_kwargs, refusing_pickles, register_task
+from ..tiny import sam as tiny_sam
+from ._base import LoadOptions, LoraPreset, Task, TinyModel, pretrained_kwargs, refusing_pickles, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ class MaskPrediction:
 class MaskGeneration(Task):
     name = "mask-generation"
     pipeline_tag = "mask-generation"
+    architectures = ("SamModel",)
+    auto_model = "AutoModelForMaskGeneration"
     default_base = "facebook/sam-vit-base"
-    tiny_family = "sam"
+    tiny_models = (TinyModel("sam", tiny_sam.build, mimics="facebook/sam-vit-base"),)
     processor_files = ()  # optional: without a processor config, load uses Meta's preprocessing
     output_type = "MaskPrediction (N x H x W bool masks, scores, xyxy boxes)"
     # The image encoder's attention and MLP (as SAM-LoRA / Medical-SAM-Adapter tune it); the prompt encoder and
@@ -96,13 +99,10 @@ class MaskGeneration(Task):
         stability_score_offset: float = 1.0,
         nms_iou: float = 0.7,
         max_masks: int = 100,
-        **kwargs,
     ) -> list[MaskPrediction]:
         """Masks for `points` (N, 2) / (N, P, 2) x,y pixels and / or `boxes` (N, 4) xyxy: one per prompt, best of
         SAM's outputs. With neither: automatic masks from a `points_per_side`^2 grid, largest first. A threshold
         of None disables that filter."""
-        if kwargs:
-            raise ConfigError(f"mask-generation got unknown arguments {sorted(kwargs)}")
         prompts = _check_prompts(points, point_labels, boxes)
         if points_per_side < 1 or points_per_batch < 1 or max_masks < 1:
             raise ConfigError("points_per_side, points_per_batch and max_masks must be >= 1")

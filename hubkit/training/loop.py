@@ -411,7 +411,7 @@ def _write_adapter(config, setup: TrainingSetup, model, full_state: dict, result
     card = cards.adapter_card(
         model_name=(config.push_to_hub or folder.parent.name).split("/")[-1],
         base_model=config.base,
-        pipeline_tag=spec.pipeline_tag,
+        **spec.card_fields(),
         tags=[setup.task],
         datasets=[setup.dataset_name] if "/" in setup.dataset_name else [],
         training_config=config_dict(config),
