@@ -1,8 +1,7 @@
 """Mask generation: SAM (transformers' SamModel), prompted by points / boxes or automatic over a point grid.
 
-Automatic generation follows segment-anything's SamAutomaticMaskGenerator (one crop layer) without torchvision:
-the image embedding is computed once, grid points are decoded in batches, masks are kept by predicted IoU and
-stability, de-duplicated by a box NMS written in torch, and only the survivors are upscaled to the image size.
+Automatic generation is segment-anything's SamAutomaticMaskGenerator (crops, predicted-IoU and stability filters, box
+NMS, small-region removal) with one image embedding per crop and points decoded in batches: see `_sam_auto`.
 Meta's own checkpoints (`sam_vit_b_01ec64.pth`, ...) load too: see `convert_segment_anything_state_dict`.
 """
 
@@ -20,6 +19,8 @@ from PIL import Image
 from ..errors import ConfigError, HubkitError, UnsafeWeightsError
 from ..tiny import sam as tiny_sam
 from ._base import LoadOptions, LoraPreset, Task, TinyModel, pretrained_kwargs, refusing_pickles, register_task
+from ._sam_auto import AutomaticMaskConfig, nms  # noqa: F401 (nms: public here since the first release)
+from ._sam_auto import generate as generate_automatic
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class MaskGeneration(Task):
         exclude=r"(.*\.)?(mask_decoder|prompt_encoder)\..*",  # re.search and peft's re.fullmatch
     )  # fmt: skip
     # Random tiny models predict IoU ~0: the generic tests and demos switch the filters off.
-    example_kwargs = {"pred_iou_thresh": None, "stability_score_thresh": None}
+    example_kwargs = {"pred_iou_thresh": None, "stability_score_thresh": None, "points_per_side": 8}
 
     def model_class(self, folder: Path | None = None):
         from transformers import SamModel
@@ -92,32 +93,49 @@ class MaskGeneration(Task):
         point_labels=None,
         boxes=None,
         multimask_output: bool | None = None,
-        points_per_side: int = 16,
+        points_per_side: int = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float | None = 0.7,
-        stability_score_thresh: float | None = 0.8,
+        pred_iou_thresh: float | None = 0.88,
+        stability_score_thresh: float | None = 0.95,
         stability_score_offset: float = 1.0,
-        nms_iou: float = 0.7,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+        max_side: int | None = None,
         max_masks: int = 100,
     ) -> list[MaskPrediction]:
         """Masks for `points` (N, 2) / (N, P, 2) x,y pixels and / or `boxes` (N, 4) xyxy: one per prompt, best of
-        SAM's outputs. With neither: automatic masks from a `points_per_side`^2 grid, largest first. A threshold
-        of None disables that filter."""
+        SAM's outputs. With neither: automatic masks, largest first, with SamAutomaticMaskGenerator's knobs and
+        defaults (see `AutomaticMaskConfig`); a threshold of None disables that filter."""
         prompts = _check_prompts(points, point_labels, boxes)
-        if points_per_side < 1 or points_per_batch < 1 or max_masks < 1:
-            raise ConfigError("points_per_side, points_per_batch and max_masks must be >= 1")
+        config = AutomaticMaskConfig(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area,
+            max_side=max_side,
+            max_masks=max_masks,
+        )
         param = next(model.parameters())
         out = []
         for image in images:
-            inputs = processor(images=image, return_tensors="pt")
-            embedding = model.get_image_embeddings(inputs["pixel_values"].to(param.device, param.dtype))
-            sizes = (inputs["original_sizes"], inputs["reshaped_input_sizes"])
             if prompts is None:
-                filters = (pred_iou_thresh, stability_score_thresh, stability_score_offset, nms_iou, max_masks)
-                masks, scores = _automatic(
-                    model, processor, embedding, sizes, points_per_side, points_per_batch, filters
-                )
+                masks, scores = generate_automatic(model, processor, image, config)
             else:
+                inputs = processor(images=image, return_tensors="pt")
+                with torch.no_grad():
+                    embedding = model.get_image_embeddings(inputs["pixel_values"].to(param.device, param.dtype))
+                sizes = (inputs["original_sizes"], inputs["reshaped_input_sizes"])
                 masks, scores = _prompted(model, processor, embedding, sizes, prompts, multimask_output)
             out.append(MaskPrediction(masks, scores, masks_to_boxes(torch.from_numpy(masks)).numpy(), image))
         return out
@@ -179,55 +197,6 @@ def _prompted(model, processor, embedding, sizes, prompts, multimask_output):
     return masks.numpy(), iou.gather(-1, best[:, None])[:, 0].cpu().numpy().astype(np.float32)
 
 
-def _automatic(model, processor, embedding, sizes, n, batch, filters):
-    iou_thresh, stab_thresh, offset, nms_thresh, max_masks = filters
-    (orig_h, orig_w), (in_h, in_w) = sizes[0][0].tolist(), sizes[1][0].tolist()
-    grid = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-    ys, xs = torch.meshgrid(grid * in_h, grid * in_w, indexing="ij")  # in model-input pixels
-    points = torch.stack([xs.ravel(), ys.ravel()], -1)
-    pad = processor.image_processor.pad_size
-    kept_low, kept_scores, kept_boxes = [], [], []
-    for start in range(0, len(points), batch):
-        chunk = points[start : start + batch].to(embedding.device, embedding.dtype)
-        ones = torch.ones(1, len(chunk), 1, dtype=torch.long, device=embedding.device)
-        result = model(image_embeddings=embedding, input_points=chunk[None, :, None], input_labels=ones)
-        low = result.pred_masks[0].flatten(0, 1).float()  # (B*3, h, w) logits over the padded input
-        scores = result.iou_scores[0].flatten().float()
-        # The valid (unpadded) part of the low-res masks, for stability and boxes
-        valid_h, valid_w = (round(low.shape[-2] * in_h / pad["height"]), round(low.shape[-1] * in_w / pad["width"]))
-        crop = low[:, :valid_h, :valid_w]
-        keep = crop.gt(0).flatten(1).any(1)
-        if iou_thresh is not None:
-            keep &= scores >= iou_thresh
-        if stab_thresh is not None:
-            keep &= stability_score(crop, offset) >= stab_thresh
-        boxes = masks_to_boxes(crop[keep] > 0) * torch.tensor([orig_w / valid_w, orig_h / valid_h] * 2)
-        kept_low.append(low[keep].cpu())
-        kept_scores.append(scores[keep].cpu())
-        kept_boxes.append(boxes.cpu())
-    low, scores, boxes = torch.cat(kept_low), torch.cat(kept_scores), torch.cat(kept_boxes)
-    keep = nms(boxes, scores, nms_thresh)[:max_masks]
-    if len(keep) == 0:
-        logger.warning(
-            "no mask passed pred_iou_thresh=%s / stability_score_thresh=%s; lower them to see more",
-            iou_thresh,
-            stab_thresh,
-        )
-    masks = processor.post_process_masks([low[keep][:, None]], sizes[0], sizes[1])[0][:, 0]
-    scores = scores[keep]
-    areas = masks.flatten(1).sum(1)
-    nonempty = areas > 0
-    order = torch.argsort(areas[nonempty], descending=True, stable=True)  # largest first: draw order for overlays
-    return masks[nonempty][order].numpy(), scores[nonempty][order].numpy().astype(np.float32)
-
-
-def stability_score(logits: torch.Tensor, offset: float = 1.0, threshold: float = 0.0) -> torch.Tensor:
-    """IoU of the masks thresholded at threshold +- offset (segment-anything's stability score)."""
-    inner = logits.gt(threshold + offset).flatten(1).sum(1)
-    outer = logits.gt(threshold - offset).flatten(1).sum(1)
-    return torch.where(outer > 0, inner / outer.clamp(min=1), torch.zeros_like(inner, dtype=torch.float32))
-
-
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(N, H, W) bool -> (N, 4) float32 xyxy boxes (x2, y2 exclusive); empty masks give zeros."""
     if masks.numel() == 0:
@@ -249,17 +218,6 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     inter = (rb - lt).clamp(min=0).prod(-1)
     union = area(a)[:, None] + area(b)[None] - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Indices of the boxes to keep, best score first: each suppresses later ones overlapping it > iou_threshold."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    iou = box_iou(boxes[order].float(), boxes[order].float())
-    keep = torch.ones(len(order), dtype=torch.bool)
-    for i in range(len(order)):
-        if keep[i]:
-            keep[i + 1 :] &= iou[i, i + 1 :] <= iou_threshold
-    return order[keep]
 
 
 def overlay(output: MaskPrediction, alpha: float = 0.5) -> np.ndarray:

@@ -68,7 +68,7 @@ def build(out: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,  # the Segma class prompt alone is ~300 tokens
         sliding_window=None,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
