@@ -28,6 +28,9 @@ SAMPLE_DATA_NOTE = (
 )
 
 
+SAMPLE_SEGMA_DATA = "hubkit-tiny/segma-shapes"
+
+
 def demo_adapter_repo(task: str, index: int) -> str:
     return f"hubkit-tiny/{get_task(task).tiny_family}-demo-lora-{index}"
 
@@ -87,6 +90,13 @@ def bootstrap(store: hub.LocalStore | None = None, *, force: bool = False, adapt
             ).save(folder / "README.md")
             pushed[SAMPLE_DEPTH_DATA] = store.push(
                 folder, SAMPLE_DEPTH_DATA, repo_type="dataset", message="Sample Zivid-format depth data"
+            ).id
+        if force or not store.exists(SAMPLE_SEGMA_DATA, repo_type="dataset"):
+            from .data.segma import make_shapes_dataset
+
+            folder = make_shapes_dataset(Path(tmp) / "segma-shapes", images=16, seed=0)
+            pushed[SAMPLE_SEGMA_DATA] = store.push(
+                folder, SAMPLE_SEGMA_DATA, repo_type="dataset", message="Synthetic shapes for the Segma recipes"
             ).id
     logger.info("bootstrap pushed %d repos into %s", len(pushed), store.root)
     return pushed

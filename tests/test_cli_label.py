@@ -117,6 +117,9 @@ def test_bad_inputs_are_one_line_errors(store, images, tmp_path):
     knob = run_cli("label", str(images), "--out", str(out), "--tiny", "--sam-option", "points_per_side=0")
     assert knob.returncode == 1
     assert knob.stderr.strip() == "hubkit label: points_per_side must be an integer >= 1; got 0"
+    offline = run_cli("label", str(images), "--out", str(out))  # the real ids are the defaults: not in this store
+    assert offline.returncode == 1 and len(offline.stderr.strip().splitlines()) == 1
+    assert "'facebook/sam-vit-base'" in offline.stderr and "--tiny" in offline.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     nothing = run_cli("label", str(empty), "--out", str(out))

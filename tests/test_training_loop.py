@@ -40,6 +40,11 @@ def test_classifier_with_a_new_head_learns(vit, tmp_path, precision):
     result = train(config(tmp_path, vit, max_steps=60, batch_size=16, mixed_precision=precision), setup)
     assert result.metrics["accuracy"] >= 0.6, (before, result.metrics)  # chance is 0.2
     assert result.metrics["accuracy"] > before + 0.2
+    # the loop measured the base before training (same head init, same seed) and the card shows both
+    assert result.metrics_before["accuracy"] == pytest.approx(before, abs=0.05 if precision == "bf16" else 1e-9)
+    card = (result.adapter_dir / "README.md").read_text()
+    assert "| metric | base | trained |" in card
+    assert f"| accuracy | {result.metrics_before['accuracy']:.4g} | {result.metrics['accuracy']:.4g} |" in card
     saved = load_file(result.adapter_dir / "adapter_model.safetensors")
     head = [k for k in saved if "classifier" in k]
     assert head and all("lora_" not in k for k in head)  # the head is saved in full beside the LoRA weights

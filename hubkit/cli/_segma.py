@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..errors import ConfigError, HubkitError
+from ..errors import ConfigError, HubkitError, StageError
 from ..segma.regions import UNLABELLED
 from ._models import _images, _parse_args, quiet_model_loading
 from ._registry import arg, command, group
@@ -35,6 +35,7 @@ STAGE_FLAGS = ("sam", "captioner", "labeler", "detector")
     arg("--classifier", default=None, metavar="REPO", help="region classifier naming the automatic masks"),
     arg("--device", default="cpu"),
     arg("--dtype", default=None),
+    arg("--allow-pickle", action="store_true", help="load .bin/.pth weights (Meta's SAM) with weights_only=True"),
     help="label a folder with the Segma pipeline (SAM + BLIP + LLM + Grounding DINO); resumes where it stopped",
     options=("hub", "offline"),
 )
@@ -59,7 +60,12 @@ def _label(args) -> int:
         "text_threshold": args.text_threshold,
         "classifier": args.classifier,
         "adapters": {s: getattr(args, f"{s}_adapter") for s in STAGE_FLAGS if getattr(args, f"{s}_adapter")},
-        "load_options": {"device": args.device, "dtype": args.dtype, "hub_name": args.hub},
+        "load_options": {
+            "device": args.device,
+            "dtype": args.dtype,
+            "hub_name": args.hub,
+            "allow_pickle": args.allow_pickle,
+        },
         **{s: getattr(args, s) for s in STAGE_FLAGS if getattr(args, s)},
     }
     sam_options = _parse_args(args.sam_option)
@@ -70,6 +76,18 @@ def _label(args) -> int:
     )
     pipeline = SegmaPipeline(config)
     images = _images([args.folder])[: args.limit]
+    try:
+        pipeline.load()  # a base that cannot load stops the run here, not once per image
+    except StageError as err:
+        hint = (
+            ""
+            if args.tiny
+            else (
+                " Offline, `hubkit bootstrap` then --tiny uses random-weight demo models; or pass --sam / "
+                "--captioner / --labeler / --detector folders."
+            )
+        )
+        raise HubkitError(f"{err}{hint}") from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     entries, failed, resumed, sources = [], 0, 0, {}
@@ -110,6 +128,8 @@ def _label(args) -> int:
         )
         + "\n"
     )
+    if not entries:
+        raise HubkitError(f"every one of the {failed} image(s) failed; see the messages above")
     if not sum(counts.values()):
         raise HubkitError(
             f"no label found in {len(entries)} image(s): no detection passed box_threshold={config.box_threshold} "

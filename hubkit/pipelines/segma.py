@@ -196,6 +196,24 @@ class SegmaPipeline:
             "detector": str(c.detector or get_task(DETECT_TASK).default_base),
         }
 
+    def load(self) -> dict[str, float]:
+        """Load every model the config uses into the pool now (a server's warm-up, a CLI's early failure); returns
+        seconds per stage. A base that cannot load raises StageError naming the stage and the base."""
+        from ..errors import StageError
+
+        seconds = {}
+        for stage in self._stages({}).stages:
+            if not stage.enabled or stage.name == "box_masks":  # box_masks shares the "masks" SAM
+                continue
+            begun = time.perf_counter()
+            try:
+                with self.pool.lease(stage.task, stage.base, stage.adapters, **stage.load_options):
+                    pass
+            except Exception as err:
+                raise StageError(stage, err) from err
+            seconds[stage.name] = time.perf_counter() - begun
+        return seconds
+
     def run(self, image: Any) -> SegmaResult:
         """Label one image (path, PIL image or array); InvalidImageError for an unreadable one."""
         pil = to_pil(image)

@@ -62,6 +62,7 @@ class TrainConfig:
     push_to_hub: str | None = option("repo id to push the adapter to at the end", None)
     hub: str | None = option("store to push to: local, hf or a folder (default: $HUBKIT_HUB or local)", None)
     num_workers: int = option("data loader worker processes (decode and augment off the main process)", 0)
+    eval_before: bool = option("evaluate the base before training, for the card's before / after table", True)
     compile: bool = option("torch.compile the model (inductor): faster steps after a one-time compile", False)
 
     def __post_init__(self) -> None:

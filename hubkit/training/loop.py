@@ -68,6 +68,7 @@ class TrainResult:
     total_params: int
     pushed_revision: str | None = None
     is_main_process: bool = True  # under DDP only the main process holds the metrics and the pushed revision
+    metrics_before: dict[str, float] = field(default_factory=dict)  # the base's, before training (eval_before)
 
 
 def _mixed_precision(value: str) -> str:
@@ -244,6 +245,9 @@ def train(config, setup: TrainingSetup) -> TrainResult:
         accelerator.wait_for_everyone()
         return metrics
 
+    if config.eval_before and state["global_step"] == 0 and "metrics_before" not in state:
+        state["metrics_before"] = evaluate()  # LoRA starts as the identity: these are the base's own metrics
+
     def save_checkpoint() -> None:
         target = ckpt_root / f"checkpoint-{state['global_step']}"
         tmp = ckpt_root / f".tmp-checkpoint-{state['global_step']}"
@@ -315,6 +319,7 @@ def train(config, setup: TrainingSetup) -> TrainResult:
     result = TrainResult(
         adapter_dir=output / ("adapter" if setup.trainable.saves_adapter else "model"),
         metrics=state["metrics"],
+        metrics_before=state.get("metrics_before") or {},
         global_step=state["global_step"],
         losses=[tuple(x) for x in state["losses"]],
         trainable_params=trainable,
@@ -421,9 +426,19 @@ def _write_adapter(config, setup: TrainingSetup, model, full_state: dict, result
         dataset_revision=setup.dataset_revision,
         repo_id=config.push_to_hub,
         task=setup.task,
-        notes=setup.card_notes,
+        notes="\n\n".join(t for t in (setup.card_notes, before_after_table(result)) if t) or None,
     )
     card.save(folder / "README.md")
+
+
+def before_after_table(result: TrainResult) -> str:
+    """A markdown table of each eval metric for the base (before training) and the trained model."""
+    names = [k for k in result.metrics if k in result.metrics_before]
+    if not names:
+        return ""
+    rows = [f"| {k} | {result.metrics_before[k]:.4g} | {result.metrics[k]:.4g} |" for k in names]
+    return "\n".join(["**Before and after training** (held-out split):", "", "| metric | base | trained |",
+                      "|---|---|---|", *rows])  # fmt: skip
 
 
 def reload_tolerance(dtype: torch.dtype) -> float:
