@@ -106,7 +106,7 @@ class SegmaConfig:
     captioner: str | Path | None = None
     labeler: str | Path | None = None
     detector: str | Path | None = None
-    adapters: Mapping[str, Sequence[str | Path]] = field(default_factory=dict)
+    adapters: Mapping[str, Sequence[str | Path] | Mapping[str, str | Path]] = field(default_factory=dict)
     base_only: bool = False  # adapters stay loaded but off: the "base" side of a base-vs-adapted comparison
     classes: Sequence[str] | None = None  # given classes: the LLM (and the caption, unless wanted) is skipped
     automatic: bool = True  # SAM automatic masks
@@ -282,7 +282,7 @@ class SegmaPipeline:
             return {"boxes": found.boxes[keep]}
 
         def stage(name, task, base_key, **kwargs) -> Stage:
-            adapters = list(c.adapters.get(base_key, ()))
+            adapters = _adapters(c.adapters.get(base_key, ()))
             adapter = "base" if c.base_only and adapters else None
             base = bases[base_key]
             return Stage(name, task, base, adapters=adapters, adapter=adapter, load_options=options, **kwargs)
@@ -296,7 +296,8 @@ class SegmaPipeline:
                     "classes",
                     LABELS_TASK,
                     bases["labeler"],
-                    adapters=list(c.adapters.get("labeler", ())),
+                    adapters=_adapters(c.adapters.get("labeler", ())),
+                    adapter="base" if c.base_only and c.adapters.get("labeler") else None,
                     kwargs={"domain": llm_domain, "max_labels": c.max_classes},
                     prepare=captions,
                     enabled=c.llm and c.classes is None,
@@ -387,9 +388,15 @@ class SegmaPipeline:
         for key, stages in STAGES_OF.items():
             if all(s in skipped for s in stages):
                 continue
-            adapters = [str(a) for a in c.adapters.get(key, ())]
+            given = c.adapters.get(key, ())
+            adapters = [str(a) for a in (given.values() if isinstance(given, Mapping) else given)]
             out[key] = bases[key] + (f" + {adapters[0]}" if adapters and not c.base_only else "")
         return out
+
+
+def _adapters(given) -> list | dict:
+    """A stage's adapters as Stage takes them: a list of sources, or {name: source} (names kept)."""
+    return dict(given) if isinstance(given, Mapping) else list(given)
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,306 @@
+"""Segma Space: label an image with SAM + BLIP + an LLM + Grounding DINO, review the regions, push a data set.
+
+Run alone with `python spaces/segma/app.py`, or with every other Space under `hubkit serve`.
+Models load on the first Run, not at import; the logic lives in hubkit.segma.demo.SegmaDemo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.segma.demo import (
+    DOMAIN_CHOICES,
+    PRESETS,
+    STAGE_TITLES,
+    TABLE_HEADERS,
+    TINY_NOTE,
+    SegmaDemo,
+)
+from hubkit.spaces_support import check_upload, clean_on_shutdown
+
+EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
+STAGES = tuple(STAGE_TITLES)
+NO_ADAPTER = ("none", "")
+segma = SegmaDemo()
+
+
+def _error(err: HubkitError) -> gr.Error:
+    if isinstance(err, InvalidImageError):
+        return gr.Error(f"{err}", title="Not a usable image")
+    return gr.Error(f"{err}")
+
+
+# -- menus ---------------------------------------------------------------------------------------------
+def adapters_for(stage: str, base: str | None):
+    return gr.Dropdown(choices=[NO_ADAPTER, *segma.available_adapters(stage, base)], value="")
+
+
+def menus(*current):
+    """A base and an adapter menu per stage, from the store; the note on random-weight models when they are used."""
+    updates, chosen = [], []
+    for stage, base in zip(STAGES, current or [None] * len(STAGES), strict=True):
+        bases = segma.available_bases(stage)
+        chosen.append(base if base in bases else bases[0])
+        updates += [gr.Dropdown(choices=bases, value=chosen[-1]), adapters_for(stage, chosen[-1])]
+    return [*updates, note_for(*chosen)]
+
+
+def note_for(*bases) -> gr.Markdown:
+    tiny = any(str(b or "").startswith("hubkit-tiny/") for b in bases)
+    return gr.Markdown(f"⚠️ {TINY_NOTE}" if tiny else "", visible=tiny)
+
+
+def base_changed(stage: str):
+    """The handler for one stage's base menu: that stage's adapters, and the note for the bases now picked."""
+
+    def changed(*bases):
+        return adapters_for(stage, bases[STAGES.index(stage)]), note_for(*bases)
+
+    return changed
+
+
+def preview(image):
+    """The upload as the models will see it, or a clear error now."""
+    if image is None:
+        return None
+    try:
+        return check_upload(image)
+    except InvalidImageError as err:
+        raise _error(err) from None
+
+
+# -- run and review --------------------------------------------------------------------------------------
+def _views(run, message: str = "", region=None):
+    adapted, base = segma.overlays(run)
+    label = "Regions (adapted)" if run.base is not None else "Regions"
+    return (
+        run,
+        gr.Image(value=adapted, label=label),
+        gr.Image(value=base, visible=base is not None),
+        segma.summary(run),
+        segma.table(run),
+        gr.File(value=[str(p) for p in run.files], visible=True),
+        gr.Dropdown(choices=segma.region_choices(run), value=region),
+        message,
+    )
+
+
+def predict(image, preset, domain, classes, *menus_and_thresholds):
+    """Run the pipeline; `menus_and_thresholds`: base and adapter of each stage (STAGES order), then the box and
+    text thresholds."""
+    *menus, box_threshold, text_threshold = menus_and_thresholds
+    try:
+        run = segma.run(
+            image,
+            preset=preset,
+            domain=domain,
+            bases=dict(zip(STAGES, menus[::2], strict=True)),
+            adapters=dict(zip(STAGES, menus[1::2], strict=True)),
+            classes=classes,
+            box_threshold=box_threshold,
+            text_threshold=text_threshold,
+        )
+    except HubkitError as err:
+        raise _error(err) from None
+    note = "Pick a region to accept, reject or relabel it; then add the image to the data set."
+    if not run.result.regions:
+        note = "No region found: try other classes, a lower box threshold or another preset."
+    return _views(run, note)
+
+
+def _decide(run, region, decision: str):
+    try:
+        region = None if region in (None, "") else int(region)
+    except (TypeError, ValueError):
+        raise gr.Error(f"Region ids are numbers; got {region!r}. Pick one in the Region list.") from None
+    try:
+        run = segma.review(run, {} if region is None else {region: decision})
+    except HubkitError as err:
+        raise _error(err) from None
+    done = {"accept": "accepted", "reject": "rejected"}.get(decision, f"relabelled {decision!r}")
+    return _views(run, f"Region {region} {done}.", region=region)
+
+
+def accept(run, region):
+    return _decide(run, region, "accept")
+
+
+def reject(run, region):
+    return _decide(run, region, "reject")
+
+
+def relabel(run, region, label):
+    if not str(label or "").strip():
+        raise gr.Error("Type the new label in the box first (e.g. coin).")
+    return _decide(run, region, str(label).strip())
+
+
+def accept_all(run):
+    try:
+        run = segma.accept_all(run)
+    except HubkitError as err:
+        raise _error(err) from None
+    return _views(run, "Every region not rejected is accepted.")
+
+
+# -- the session's data set ------------------------------------------------------------------------------
+def add(run, dataset):
+    try:
+        dataset, message = segma.add(run, dataset)
+    except HubkitError as err:
+        raise _error(err) from None
+    return dataset, message
+
+
+def export(dataset, repo_id, accepted_only):
+    try:
+        info = segma.export(dataset, repo_id, accepted_only=accepted_only)
+    except HubkitError as err:
+        raise _error(err) from None
+    images = f"{info.images} image{'s' * (info.images != 1)}"
+    regions = f"{info.regions} region{'s' * (info.regions != 1)}"
+    text = (
+        f"Pushed **{images}, {regions}** to the store as data set `{info.repo_id}`, "
+        f"revision `{info.revision}`.\n\n"
+        f'Load it with `datasets.load_dataset("imagefolder", data_dir=hubkit.hub.pull("{info.repo_id}", '
+        f'repo_type="dataset"))`.\n\n```\n$ hubkit ls --repo-type dataset\n{info.listing}\n```'
+    )
+    return text, gr.File(value=str(info.archive), visible=True)
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="hubkit · segma") as demo:
+        gr.Markdown(
+            "# Segma Vision: label, review, publish\n"
+            "Upload a photo or pick an example. BLIP captions it, an LLM names the classes (or give them), "
+            "Grounding DINO finds them and SAM outlines them; SAM's automatic masks fill in the rest. Review the "
+            "regions, add the image to your data set and push it to the store."
+        )
+        note = gr.Markdown(visible=False, elem_id="segma-note")
+        run_state = gr.State(None)
+        dataset_state = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                # A file input, not gr.Image: gr.Image decodes uploads before our code runs, so a broken file
+                # would end in an opaque server error instead of the message check_upload gives.
+                image = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="segma-upload")
+                shown = gr.Image(label="Input", interactive=False, height=200, format="png")
+                gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
+                with gr.Row():
+                    preset = gr.Radio(list(PRESETS), value="general", label="SAM preset", elem_id="segma-preset")
+                    domain = gr.Dropdown(list(DOMAIN_CHOICES), value="none", label="Domain", elem_id="segma-domain")
+                classes = gr.Textbox(
+                    label="Classes (optional)",
+                    placeholder="coin, shadow, table: given classes skip the LLM",
+                    elem_id="segma-classes",
+                )
+                menus_out = []
+                with gr.Accordion("Models and adapters", open=False):
+                    for stage in STAGES:
+                        with gr.Row():
+                            # allow_custom_value: the menus fill on page load, and gradio 6 checks a value against
+                            # the choices its session has seen. What a request may load is checked in hubkit.
+                            base = gr.Dropdown(
+                                label=f"{STAGE_TITLES[stage]} base",
+                                choices=[],
+                                value=None,
+                                allow_custom_value=True,
+                                scale=3,
+                                elem_id=f"segma-{stage}-base",
+                            )
+                            adapter = gr.Dropdown(
+                                label="adapter",
+                                choices=[NO_ADAPTER],
+                                value="",
+                                allow_custom_value=True,
+                                scale=2,
+                                elem_id=f"segma-{stage}-adapter",
+                            )
+                        menus_out += [base, adapter]
+                    with gr.Row():
+                        box_threshold = gr.Slider(0, 1, value=0.25, step=0.01, label="Box threshold")
+                        text_threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Text threshold")
+                    refresh = gr.Button("↻ Refresh menus", size="sm")
+                run = gr.Button("Run", variant="primary", elem_id="segma-run")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    adapted_out = gr.Image(
+                        label="Regions", type="pil", format="png", height=420, elem_id="segma-overlay"
+                    )
+                    base_out = gr.Image(
+                        label="Base models (adapters off)",
+                        type="pil",
+                        format="png",
+                        height=420,
+                        visible=False,
+                        elem_id="segma-base-overlay",
+                    )
+                info = gr.Markdown(elem_id="segma-summary")
+                table = gr.Dataframe(
+                    headers=list(TABLE_HEADERS), interactive=False, wrap=True, max_height=360, elem_id="segma-regions"
+                )
+                files = gr.File(
+                    label="Downloads: COCO JSON, label.json, features CSV",
+                    file_count="multiple",
+                    interactive=False,
+                    visible=False,
+                    elem_id="segma-downloads",
+                )
+                with gr.Group():
+                    gr.Markdown("### Review  \nRejected regions leave the overlay and the exports.")
+                    with gr.Row():
+                        region = gr.Dropdown(label="Region", choices=[], value=None, scale=2, elem_id="segma-region")
+                        label = gr.Textbox(label="New label", scale=2, elem_id="segma-label")
+                    with gr.Row():
+                        accept_btn = gr.Button("Accept", elem_id="segma-accept")
+                        reject_btn = gr.Button("Reject", variant="stop", elem_id="segma-reject")
+                        relabel_btn = gr.Button("Relabel", elem_id="segma-relabel")
+                        accept_all_btn = gr.Button("Accept all", elem_id="segma-accept-all")
+                    review_info = gr.Markdown(elem_id="segma-review-info")
+                with gr.Group():
+                    gr.Markdown("### Data set")
+                    add_btn = gr.Button("Add image to data set", elem_id="segma-add")
+                    dataset_info = gr.Markdown(elem_id="segma-dataset-info")
+                    with gr.Row():
+                        repo = gr.Textbox(
+                            label="Data set repo id", placeholder="me/coins-labels", scale=3, elem_id="segma-repo"
+                        )
+                        accepted_only = gr.Checkbox(label="Accepted regions only", value=False, scale=1)
+                        export_btn = gr.Button("Export", variant="primary", scale=1, elem_id="segma-export")
+                    export_info = gr.Markdown(elem_id="segma-export-info")
+                    archive = gr.File(
+                        label="The data set as a zip", interactive=False, visible=False, elem_id="segma-archive"
+                    )
+
+        bases_in = menus_out[::2]
+        image.change(preview, inputs=image, outputs=shown, api_name="preview")
+        demo.load(menus, outputs=[*menus_out, note], api_name="menus")
+        refresh.click(menus, inputs=bases_in, outputs=[*menus_out, note], api_name="refresh")
+        for stage, base, adapter in zip(STAGES, bases_in, menus_out[1::2], strict=True):
+            base.input(base_changed(stage), inputs=bases_in, outputs=[adapter, note], api_name=f"base_{stage}")
+        views = [run_state, adapted_out, base_out, info, table, files, region, review_info]
+        run.click(
+            predict,
+            inputs=[image, preset, domain, classes, *menus_out, box_threshold, text_threshold],
+            outputs=views,
+            api_name="run",
+        )
+        accept_btn.click(accept, inputs=[run_state, region], outputs=views, api_name="accept")
+        reject_btn.click(reject, inputs=[run_state, region], outputs=views, api_name="reject")
+        relabel_btn.click(relabel, inputs=[run_state, region, label], outputs=views, api_name="relabel")
+        accept_all_btn.click(accept_all, inputs=run_state, outputs=views, api_name="accept_all")
+        add_btn.click(add, inputs=[run_state, dataset_state], outputs=[dataset_state, dataset_info], api_name="add")
+        export_btn.click(
+            export, inputs=[dataset_state, repo, accepted_only], outputs=[export_info, archive], api_name="export"
+        )
+    clean_on_shutdown(demo, segma.outputs)  # the request folders go when the server stops
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch()
