@@ -33,6 +33,7 @@ class SegmaObject:
     bbox: tuple[float, float, float, float]  # x, y, w, h in pixels (COCO)
     rle: dict | None = field(default=None, repr=False)  # COCO RLE; None: box only
     polygons: tuple | None = field(default=None, repr=False)
+    status: str | None = None  # Segma exports: "accepted" / "pending"; None for plain COCO
 
     @property
     def box_xyxy(self) -> tuple[float, float, float, float]:
@@ -112,7 +113,9 @@ def read_detection_data(source: str | Path, *, revision: str | None = None) -> D
         rle = seg if isinstance(seg, dict) else None
         polygons = tuple(tuple(p) for p in seg) if isinstance(seg, list) and seg else None
         per_image[ann["image_id"]].append(
-            SegmaObject(categories[ann["category_id"]], tuple(float(v) for v in ann["bbox"]), rle, polygons)
+            SegmaObject(
+                categories[ann["category_id"]], tuple(float(v) for v in ann["bbox"]), rle, polygons, ann.get("status")
+            )
         )
     samples = []
     for image_id, info in sorted(images.items()):

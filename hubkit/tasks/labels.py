@@ -47,6 +47,14 @@ Avoid: colors, sizes, quantities.""",
 }
 QUESTION = "Extract the main detectable objects as a comma-separated list:"
 MAX_LABELS = 8  # the seed's rule 5
+# Mistral's own [INST] format, for a base (the seed's Mistral-7B-v0.1) whose tokenizer ships no chat template
+MISTRAL_INST_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Mistral [INST] format: user and assistant turns only') }}{% endif %}"
+    "{% endfor %}"
+)
 
 
 def class_prompt(descriptions: Sequence[str], domain: str | None = None) -> str:
@@ -222,6 +230,8 @@ class LabelExtraction(Task):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if tokenizer.pad_token is None:  # Mistral ships without one; generate() needs it
             tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.chat_template is None and _model_type(folder) == "mistral":
+            tokenizer.chat_template = MISTRAL_INST_TEMPLATE
         if tokenizer.chat_template is None:
             raise ConfigError(
                 f"The tokenizer in {folder} has no chat template; label-extraction needs an instruction-tuned model "
@@ -285,3 +295,10 @@ class LabelExtraction(Task):
         path = out_dir / f"{stem}.labels.json"
         path.write_text(json.dumps({"names": output.names, "raw": output.raw}, indent=2, ensure_ascii=False) + "\n")
         return [path]
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
