@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import hub
-from .adapters import attach_adapter
+from .adapters import TRAINED_MODULES_FILE, attach_adapter
 from .errors import AdapterMismatchError, HubkitError
 from .tasks import LoadOptions, get_task, to_pil
 
@@ -82,6 +82,11 @@ class Predictor:
         if name == BASE or name in self.adapters:
             raise HubkitError(f"Adapter name {name!r} is {'reserved' if name == BASE else 'already loaded'}")
         folder = hub.resolve(source, revision=revision) if not Path(str(source)).is_dir() else Path(source)
+        if not (folder / "adapter_config.json").is_file() and (folder / TRAINED_MODULES_FILE).is_file():
+            raise AdapterMismatchError(
+                f"{source} holds modules trained in full ({TRAINED_MODULES_FILE}), not a LoRA adapter: load them "
+                "into a base with hubkit.adapters.restore_trained_modules(predictor.model, folder)"
+            )
         self.unmerge()
         self.model = attach_adapter(
             self.model,
