@@ -57,3 +57,14 @@ def same(a, b, rtol: float = 1e-4) -> bool:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(float(np.abs(b).max(initial=0.0)), 1e-30)
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on busy shared cores they lose several times over.
+    Recipe tests make it an autouse fixture: `one_thread = pytest.fixture(autouse=True, scope="module")(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

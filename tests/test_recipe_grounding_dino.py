@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, same
+from conftest import ROOT, one_torch_thread, same
 from safetensors.torch import load_file
 
 import hubkit
@@ -36,13 +36,7 @@ RECIPE = ROOT / "trainers" / "configs" / "grounding_dino.yaml"
 TASK = "zero-shot-object-detection"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only contend (a forward runs ~20x slower with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

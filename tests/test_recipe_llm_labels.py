@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, one_torch_thread
 
 import hubkit
 from hubkit import tiny
@@ -37,13 +37,7 @@ RECIPE = ROOT / "trainers" / "configs" / "llm_labels_qlora.yaml"
 SEED_PAIRS = ROOT / "trainers" / "data" / "class_extraction_seed.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on busy shared cores they lose several times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

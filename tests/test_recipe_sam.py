@@ -20,7 +20,7 @@ import pytest
 import test_trainer_depth as depth_tests
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, one_torch_thread
 from safetensors.torch import load_file
 from test_trainer_depth import losses
 
@@ -38,13 +38,7 @@ TRAINER = ROOT / "trainers" / "sam_lora.py"
 RECIPE = ROOT / "trainers" / "configs" / "sam_lora.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one thread per process steps several times faster than two fighting ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, same
+from conftest import ROOT, one_torch_thread, same
 
 import hubkit
 from hubkit import tiny
@@ -43,13 +43,7 @@ RECIPE = ROOT / "trainers" / "configs" / "segma_joint.yaml"
 SAM, DINO = "mask-generation", "zero-shot-object-detection"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on two busy cores: one intra-op thread steps many times faster than two fighting ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")
