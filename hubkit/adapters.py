@@ -364,8 +364,9 @@ def restore_trained_modules(model: torch.nn.Module, folder: str | Path) -> list[
     if shapes:
         k = shapes[0]
         raise AdapterMismatchError(f"{path}: {k} has shape {tuple(state[k].shape)}, the base has {tuple(own[k].shape)}")
-    params = dict(base.named_parameters())
-    params.update(dict(base.named_buffers()))
+    # remove_duplicate=False: a tied weight saved under its second name (an output head tied to an embedding) is found
+    params = dict(base.named_parameters(remove_duplicate=False))
+    params.update(dict(base.named_buffers(remove_duplicate=False)))
     with torch.no_grad():
         for key, value in state.items():
             params[key].copy_(value.to(params[key].dtype))

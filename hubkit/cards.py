@@ -77,13 +77,18 @@ def adapter_card(
     auto_class: str = "AutoModel",
     auto_processor: str | None = None,
     base_library: str = "transformers",
+    weights: str = "lora",
 ) -> ModelCard:
     """Card for a LoRA adapter repo: PEFT metadata, eval results as ``model-index``, load snippets, config.
 
     `auto_class` / `auto_processor` are the classes that load the base and its processor in the plain-PEFT snippet
     (a task's record has them: ``adapter_card(..., **get_task(name).card_fields())``); a base that is not a
-    transformers model (`base_library`) gets the hubkit snippet only.
+    transformers model (`base_library`) gets the hubkit snippet only. `weights` says what the folder holds: "lora"
+    (a PEFT adapter, possibly with modules trained in place beside it), "modules" (only modules trained in full, as
+    trained_modules.safetensors, restored into the base) or "full" (the whole model).
     """
+    if weights not in ("lora", "modules", "full"):
+        raise CardError(f"weights must be 'lora', 'modules' or 'full', got {weights!r}.")
     _require(model_name=model_name, base_model=base_model, pipeline_tag=pipeline_tag, license=license)
     eval_results = [
         EvalResult(
@@ -100,13 +105,13 @@ def adapter_card(
     data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
-        library_name="peft",
+        library_name="peft" if weights == "lora" else base_library,
         pipeline_tag=pipeline_tag,
         license=license,
-        tags=_unique([*ADAPTER_TAGS, *tags]),
+        tags=_unique([*(ADAPTER_TAGS if weights == "lora" else ("hubkit",)), *tags]),
         datasets=_unique(datasets) or None,
         eval_results=eval_results or None,
-        base_model_relation="adapter",
+        base_model_relation="adapter" if weights != "full" else "finetune",
     )
     adapter_repo = repo_id or (model_name if "/" in model_name else f"<your-namespace>/{model_name}")
     config_yaml = _config_yaml(training_config) if training_config else ""
@@ -126,6 +131,7 @@ def adapter_card(
         training_config_yaml=config_yaml,
         versions=[(n, v) for n in VERSIONED_PACKAGES if (v := _installed_version(n))],
         notes=notes,
+        weights=weights,
     )
 
 

@@ -267,3 +267,20 @@ def test_lora_plan_cli_and_presets():
     assert bad.returncode == 1 and "match no module" in bad.stderr
     missing = run_cli("lora", "plan", "nobody/nothing", "--offline")
     assert missing.returncode == 1 and "Depth-Anything-V2-Small-hf" in missing.stderr
+
+
+def test_trained_modules_restore_a_tied_weight_saved_under_its_second_name(tmp_path):
+    from hubkit.adapters import restore_trained_modules
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(5, 3)
+            self.head = torch.nn.Linear(3, 5, bias=False)
+            self.head.weight = self.embed.weight  # named_parameters() lists it once, as embed.weight
+
+    model = Tied()
+    trained = torch.arange(15, dtype=torch.float32).reshape(5, 3)
+    save_file({"head.weight": trained}, tmp_path / "trained_modules.safetensors")
+    assert restore_trained_modules(model, tmp_path) == ["head"]
+    assert torch.equal(model.head.weight, trained) and torch.equal(model.embed.weight, trained)

@@ -132,6 +132,19 @@ def test_adapter_card_without_optional_parts():
     assert "<your-namespace>/depth-anything-nyu-lora" in card.text
 
 
+def test_card_says_what_the_folder_holds_and_how_to_load_it(tmp_path):
+    modules = ModelCard.load(_save(_adapter(weights="modules", repo_id="me/decoder"), tmp_path))
+    assert "trained_modules.safetensors" in modules.text and "restore_trained_modules(model" in modules.text
+    assert "A LoRA adapter" not in modules.text and "PeftModel" not in modules.text
+    assert modules.data.library_name == "transformers" and "peft" not in modules.data.tags
+    full = _adapter(weights="full")
+    assert "every weight" in full.text and "PeftModel" not in full.text and full.data.base_model_relation == "finetune"
+    lora = _adapter()
+    assert "A LoRA adapter" in lora.text and lora.data.library_name == "peft" and "lora" in lora.data.tags
+    with pytest.raises(CardError, match="weights must be"):
+        _adapter(weights="merged")
+
+
 def test_metric_task_type_override(tmp_path):
     card = _adapter(metrics=[Metric("miou", 0.5, "ADE", "ade20k", task_type="image-segmentation")])
     assert ModelCard.load(_save(card, tmp_path)).data.eval_results[0].task_type == "image-segmentation"

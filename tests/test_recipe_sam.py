@@ -292,9 +292,11 @@ def test_trainer_offline_writes_adapter_and_card_and_pushes(base_dir, data_dir, 
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_matches_single_process(base_dir, data_dir, tmp_path):
-    single = quick(base_dir, data_dir, tmp_path / "one", batch_size=4, max_steps=6)
-    double = quick(base_dir, data_dir, tmp_path / "two", batch_size=2, max_steps=6)
+@pytest.mark.parametrize("variant", ["encoder", "decoder"])
+def test_ddp_two_processes_matches_single_process(base_dir, data_dir, tmp_path, variant):
+    # decoder: LoRA on the mask decoder and the IoU-head loss, so every adapted parameter gets a gradient under DDP
+    single = quick(base_dir, data_dir, tmp_path / "one", batch_size=4, max_steps=6, variant=variant)
+    double = quick(base_dir, data_dir, tmp_path / "two", batch_size=2, max_steps=6, variant=variant)
     train(build_config(SamLoraConfig, single), sam_setup(build_config(SamLoraConfig, single)))
     launch(double, processes=2)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")

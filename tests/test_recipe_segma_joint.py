@@ -30,7 +30,6 @@ from hubkit.recipes.segma_joint import (
     SegmaJointConfig,
     cxcywh_to_xyxy,
     evaluate_joint,
-    export_parts,
     low_res_targets,
     segma_joint_setup,
 )
@@ -122,7 +121,8 @@ def joint_run(sam_base, dino_base, data_dir, tmp_path_factory):
     before = held_out_parts(setup.load_base(), loader)
     result = train(config, setup)
     after = held_out_parts(reload_trained(setup, result.adapter_dir), loader)
-    parts = export_parts(result.adapter_dir, config, metrics=result.metrics)
+    parts = {name: result.adapter_dir / "adapters" / name for name in ("sam", "grounding_dino", "region_head")}
+    assert all((folder / "README.md").is_file() or name == "region_head" for name, folder in parts.items())
     return config, setup, result, parts, before, after
 
 
@@ -247,7 +247,16 @@ def test_trainer_runs_offline_under_ddp_and_pushes_every_part(sam_base, dino_bas
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["pushed"] == "me/segma-joint" and set(summary["parts"]) == {"sam", "grounding_dino", "region_head"}
     pulled = hubkit.pull("me/segma-joint")
-    assert len(hubkit.list_revisions("me/segma-joint")) == 2  # the loop's push, then the one with the parts
+    assert len(hubkit.list_revisions("me/segma-joint")) == 1  # the parts are written before the loop's one push
+    assert summary["part_repos"] == {"sam": "me/segma-joint-sam", "grounding_dino": "me/segma-joint-grounding-dino",
+                                     "region_head": "me/segma-joint-region-head"}  # fmt: skip
+    # each part is an adapter of its own in the store, which the Segma Space's menus offer for its base
+    from hubkit.segma.demo import SegmaDemo
+
+    demo = SegmaDemo()
+    assert "me/segma-joint-sam" in demo.available_adapters("sam", "hubkit-tiny/sam")
+    assert "me/segma-joint-grounding-dino" in demo.available_adapters("detector", "hubkit-tiny/grounding-dino")
+    assert hubkit.cards.read_card(hubkit.pull("me/segma-joint-sam")).data.base_model == "hubkit-tiny/sam"
     files = {p.relative_to(pulled).as_posix() for p in pulled.rglob("*") if p.is_file()}
     assert {"README.md", "adapter_model.safetensors", "adapters/sam/adapter_model.safetensors",
             "adapters/sam/README.md", "adapters/grounding_dino/adapter_config.json",

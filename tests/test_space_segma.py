@@ -261,3 +261,34 @@ def test_serve_mounts_the_segma_space(store, monkeypatch):
         config = client.get("/spaces/segma/config").json()
         ids = {c["props"].get("elem_id") for c in config["components"]}
         assert {"segma-upload", "segma-run", "segma-overlay", "segma-region", "segma-export"} <= ids
+
+
+def test_the_space_export_trains_sam_lora_and_the_space_offers_the_adapter(store, pool, tmp_path):
+    """The closed loop through the Space: label the examples, review, export + push; `sam_lora` trains on that repo
+    and pushes; the Space's menu lists the adapter and compares base and adapted on the same models."""
+    from hubkit.recipes.sam_lora import SamLoraConfig, sam_setup
+    from hubkit.training import build_config, train
+
+    demo = SegmaDemo(device="cpu", pool=pool)
+    dataset: list = []
+    for example in sorted(EXAMPLES.glob("*.png")):
+        run = demo.run(str(example), classes="coin, person, cup")
+        demo.review(run, {region.id: "accept" for region in run.result.labelled()})
+        dataset, _ = demo.add(run, dataset)
+    info = demo.export(dataset, "me/space-labels")
+    assert info.images == 3 and info.regions > 3
+    values = {"base": TINY["sam"], "data": "me/space-labels", "output_dir": tmp_path / "run", "batch_size": 2,
+              "max_steps": 4, "eval_every": 1000, "learning_rate": 1e-2, "box_jitter": 4, "val_fraction": 0.34,
+              "report_to": "none", "push_to_hub": "me/sam-space"}  # fmt: skip
+    config = build_config(SamLoraConfig, {k: str(v) for k, v in values.items()})
+    result = train(config, sam_setup(config))
+    assert result.pushed_revision and "mean_iou" in set(result.metrics_before) & set(result.metrics)
+
+    assert "me/sam-space" in SegmaDemo().available_adapters("sam")  # the menu reads the store
+    run = demo.run(str(COINS), classes="coin", adapters={"sam": "me/sam-space"})
+    assert run.base is not None and run.result.models["sam"] == f"{TINY['sam']} + me/sam-space"
+    assert run.base.models["sam"] == TINY["sam"]
+    masks = [{r.box: r.mask.tobytes() for r in res.regions} for res in (run.result, run.base)]
+    assert masks[0].keys() & masks[1].keys() and masks[0] != masks[1]  # same detections, the adapted SAM's masks
+    adapted, base = demo.overlays(run)
+    assert not np.array_equal(np.asarray(adapted), np.asarray(base))

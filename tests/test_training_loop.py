@@ -125,6 +125,25 @@ def test_full_model_training_saves_and_reloads_the_whole_model(vit, tmp_path):
     assert result.trainable_params == result.total_params
 
 
+def test_export_hook_writes_beside_the_adapter_before_the_one_push(vit, tmp_path, isolated_home):
+    import hubkit
+
+    seen = {}
+
+    def export(model, folder, result):
+        seen.update(card=(folder / "README.md").is_file(), step=result.global_step, model=type(model).__name__)
+        (folder / "extra").mkdir()
+        (folder / "extra" / "note.txt").write_text(f"step {result.global_step}")
+
+    setup = classifier_setup(vit)
+    setup.export_fn = export
+    result = train(config(tmp_path, vit, max_steps=2, batch_size=16, push_to_hub="me/with-extra"), setup)
+    assert seen["card"] and seen["step"] == 2 and "Peft" in seen["model"]  # the trained model, unwrapped
+    assert len(hubkit.list_revisions("me/with-extra")) == 1
+    assert (hubkit.pull("me/with-extra") / "extra" / "note.txt").read_text() == "step 2"
+    assert result.pushed_revision == hubkit.list_revisions("me/with-extra")[0].id
+
+
 def test_a_declaration_that_trains_nothing_is_refused(vit, tmp_path):
     setup = classifier_setup(vit)
     setup.trainable = Trainable(lora=False, full_modules=("no_such_module",))

@@ -59,6 +59,10 @@ class SamLoraConfig(TrainConfig):
     prompt: str = option("training prompt: box (the ground-truth box, jittered) or point (one in the mask)", "box")
     box_jitter: int = option("widen each side of the training box by 0..N pixels (random, seeded)", 20)
     cache_embeddings: bool = option("decoder variant: encode each image once and reuse it (frozen encoder)", True)
+    iou_loss_weight: float = option(
+        "decoder variant: weight of SAM's own IoU-head loss (MSE between the predicted IoU and the mask's IoU with the "
+        "target), so the automatic masks' predicted-IoU filter stays true after fine-tuning; 0 = off", 1.0
+    )  # fmt: skip
     val_fraction: float = option("fraction of images held out for evaluation", 0.2)
     lora_dropout: float = option("dropout on the LoRA input (the seed's 0.1)", 0.1)
     learning_rate: float = option("AdamW learning rate (the seed's 1e-4; 1e-5 for the full decoder)", 1e-4)
@@ -74,6 +78,7 @@ class SamLoraConfig(TrainConfig):
             (self.prompt in PROMPTS, "prompt", f"one of {PROMPTS}"),
             (self.box_jitter >= 0, "box_jitter", "zero or more pixels"),
             (0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)"),
+            (self.iou_loss_weight >= 0, "iou_loss_weight", "zero or more"),
             (not self.decoder_full or self.variant == "decoder", "decoder_full", "false unless variant is decoder"),
         ]
         for ok, name, what in checks:
@@ -243,8 +248,10 @@ def cached_embeddings(model, pixel_values: torch.Tensor, image_ids: torch.Tensor
     return torch.stack([cache[key] for key in keys]).to(pixel_values.device)
 
 
-def make_loss(*, cache: bool):
-    """The loop's loss: SAM on the batch's prompts, one mask each, Dice + BCE against the low-res target."""
+def make_loss(*, cache: bool, iou_weight: float = 0.0):
+    """The loop's loss: SAM on the batch's prompts, one mask each, Dice + BCE against the low-res target; with
+    `iou_weight`, plus SAM's IoU-head loss (MSE against the IoU of the thresholded mask with the target), which also
+    gives the IoU head's parameters a gradient (DDP needs every trained parameter used)."""
 
     def loss_fn(model, batch) -> torch.Tensor:
         param = next(p for p in model.parameters())
@@ -255,7 +262,17 @@ def make_loss(*, cache: bool):
             image = {"pixel_values": pixels}
         out = model(**image, **_prompt_inputs(batch, param.device), multimask_output=False)
         logits = out.pred_masks[:, 0]  # (B, 1 prompt, 1 mask, h, w) -> (B, 1, h, w)
-        return dice_ce_loss(logits, batch["labels"][:, None].to(param.device))
+        target = batch["labels"][:, None].to(param.device)
+        loss = dice_ce_loss(logits, target)
+        if iou_weight:
+            with torch.no_grad():
+                pred = logits > 0
+                truth = target > 0.5
+                inter = (pred & truth).flatten(1).sum(1).float()
+                union = (pred | truth).flatten(1).sum(1).float()
+                actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+            loss = loss + iou_weight * torch.nn.functional.mse_loss(out.iou_scores.reshape(-1).float(), actual)
+        return loss
 
     return loss_fn
 
@@ -369,7 +386,7 @@ def sam_setup(config: SamLoraConfig) -> TrainingSetup:
         load_base=load_base,
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        loss_fn=make_loss(cache=cache),
+        loss_fn=make_loss(cache=cache, iou_weight=config.iou_loss_weight if config.variant == "decoder" else 0.0),
         evaluate_fn=evaluate,
         eval_images_fn=eval_images,
         dataset_name=Path(config.data).name if Path(config.data).is_dir() else config.data,

@@ -415,6 +415,8 @@ def segma_joint_setup(config: SegmaJointConfig) -> TrainingSetup:
         dataset_revision=data.fingerprint,
         trainable=joint_trainable(config, detector_config),
         extra_files={HEAD_FILE: json.dumps(head_config, indent=2)},
+        # the parts are written before the loop's push, so one revision carries them
+        export_fn=lambda model, folder, result: export_parts(folder, config, metrics=result.metrics),
         card_notes=(
             f"One adapter over Grounding DINO (`{config.detector_base}`), SAM (`{config.base}`) and a region head, "
             f"trained with loss {config.segmentation_weight:g} x segmentation ({config.seg_loss}) + "
@@ -472,7 +474,7 @@ def export_parts(adapter_dir: str | Path, config: SegmaJointConfig, *, metrics: 
         attach_adapter(fresh, folder, name="export-check", check_base_model=False)  # refuses a part that does not fit
         label = gd.dataset_label(config.data)
         card = cards.adapter_card(
-            model_name=f"{(config.push_to_hub or adapter_dir.parent.name).split('/')[-1]}-{name}",
+            model_name=part_repo_name((config.push_to_hub or adapter_dir.parent.name).split("/")[-1], name),
             base_model=base,
             **task.card_fields(),
             tags=[task.name, "segma"],
@@ -497,3 +499,18 @@ def export_parts(adapter_dir: str | Path, config: SegmaJointConfig, *, metrics: 
     RegionHead.load(head_folder)  # refuses weights that do not fit the config
     out["region_head"] = head_folder
     return out
+
+
+def part_repo_name(repo: str, part: str) -> str:
+    """Where a part of the joint adapter `repo` is pushed on its own: ``me/segma-joint`` -> ``me/segma-joint-sam``."""
+    return f"{repo}-{part.replace('_', '-')}"
+
+
+def push_parts(parts: dict[str, Path], repo_id: str, *, hub_name: str | None = None) -> dict[str, str]:
+    """Push each part to a repo of its own (`part_repo_name`), so Space adapter menus and `hubkit.load` find it by id;
+    return {part: revision id}."""
+    revisions = {}
+    for name, folder in parts.items():
+        info = hub.push(folder, part_repo_name(repo_id, name), hub=hub_name, message=f"the {name} part of {repo_id}")
+        revisions[name] = info.id
+    return revisions

@@ -56,6 +56,10 @@ class TrainingSetup:
     # name -> text or bytes, written beside the adapter (label maps, a processor config, extra safetensors)
     extra_files: dict[str, str | bytes] = field(default_factory=dict)
     trainable: Trainable = field(default_factory=Trainable)  # what trains; default: LoRA on the task preset
+    # Called on the main process after the adapter, its reload check and its card are written, before the push:
+    # export_fn(model, folder, result) may add files to `folder` (parts that load alone, a merged model) so that
+    # one push carries them. `model` is the trained model, unwrapped.
+    export_fn: Callable[[torch.nn.Module, Path, TrainResult], None] | None = None
 
 
 @dataclass
@@ -339,6 +343,9 @@ def train(config, setup: TrainingSetup) -> TrainResult:
             full_state,
             result,
         )
+        if setup.export_fn is not None:
+            setup.export_fn(accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False),
+                            result.adapter_dir, result)  # fmt: skip
         if config.push_to_hub:
             result.pushed_revision = _push(config, setup, result)
     accelerator.wait_for_everyone()
@@ -427,6 +434,7 @@ def _write_adapter(config, setup: TrainingSetup, model, full_state: dict, result
         repo_id=config.push_to_hub,
         task=setup.task,
         notes="\n\n".join(t for t in (setup.card_notes, before_after_table(result)) if t) or None,
+        weights="lora" if setup.trainable.lora else "modules" if setup.trainable.full_modules else "full",
     )
     card.save(folder / "README.md")
 
