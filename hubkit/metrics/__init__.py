@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from .classification import (
+    ClassificationAccumulator,
+    classification_metrics,
+    model_index,
+    perplexity_from_logits,
+    perplexity_from_loss,
+    plot_confusion_matrix,
+    plot_per_class_f1,
+    text_generation_metrics,
+    write_evaluation_report,
+)
 from .depth import (
     METRIC_NAMES,
     DepthMetricAccumulator,
@@ -26,11 +37,13 @@ from .segmentation import (
 
 __all__ = [
     "METRIC_NAMES",
+    "ClassificationAccumulator",
     "DepthMetricAccumulator",
     "SegmentationEvaluator",
     "align_inverse",
     "align_scale_shift",
     "boundary_f_score",
+    "classification_metrics",
     "depth_metrics",
     "dice_score",
     "evaluate_instances",
@@ -40,6 +53,13 @@ __all__ = [
     "masked_mse_normalised",
     "masks_of",
     "match_instances",
+    "model_index",
+    "perplexity_from_logits",
+    "perplexity_from_loss",
+    "plot_confusion_matrix",
+    "plot_per_class_f1",
     "silog_loss",
     "ssi_loss",
+    "text_generation_metrics",
+    "write_evaluation_report",
 ]
