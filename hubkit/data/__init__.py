@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .leaves import LeafSet, make_leaf_dataset
 from .synthetic import disparity_to_depth_mm, make_motorcycle_zivid
 from .zivid import (
     ZividDepthDataset,
@@ -14,11 +15,13 @@ from .zivid import (
 )
 
 __all__ = [
+    "LeafSet",
     "ZividDepthDataset",
     "ZividReport",
     "ZividSample",
     "disparity_to_depth_mm",
     "load_pair",
+    "make_leaf_dataset",
     "make_motorcycle_zivid",
     "scan_zivid",
     "split",
