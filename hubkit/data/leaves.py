@@ -204,6 +204,8 @@ def make_leaf_dataset(
     there with the same names are overwritten, others are left as they are."""
     if per_class < 1 or size < 16:
         raise ConfigError(f"per_class={per_class!r} and size={size!r}: need per_class >= 1 and size >= 16.")
+    if corrupt and per_class < 3:
+        raise ConfigError(f"corrupt=True copies a class's images 001 and 002: need per_class >= 3, got {per_class}.")
     out = Path(out)
     image_dir = out / "images"
     table = leaf_classes(num_classes)

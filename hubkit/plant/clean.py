@@ -296,7 +296,8 @@ def _write_copy(image: Image.Image, data: bytes, item: _Item, out_root: Path, re
             out = resize_image(image, size, resize)
             fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower())
             if fmt is None and target.suffix.lower() not in (".png", ".webp", ".bmp", ".tif", ".tiff"):
-                target = target.with_suffix(".png")  # an odd extension: write PNG under a .png name
+                # an odd extension (.gif): write PNG under "<name>.gif.png", which no kept "<name>.png" can be
+                target = target.with_name(target.name + ".png")
                 tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             buffer = io.BytesIO()
             out.save(
