@@ -6,6 +6,7 @@ use (hubkit/model_configs), else read from the local store or a folder. No downl
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,26 +42,30 @@ def bundled_config_dir(repo_id: str) -> Path | None:
     folder = BUNDLED / repo_id.replace("/", "--")
     if (folder / "config.json").is_file():
         return folder
-    if (folder / "unet" / "config.json").is_file():
-        return folder / "unet"
-    return None
+    denoiser = _denoiser_dir(folder)  # a diffusers pipeline's unet/ or transformer/ (PixCell)
+    return denoiser if denoiser != folder else None
 
 
 def find_config(base: str) -> Path:
     """A folder with the base's config.json: a path, a bundled config, or the store (local, then Hub)."""
     path = Path(base).expanduser()
     if path.is_dir():
-        return path / "unet" if (path / "unet" / "config.json").is_file() else path
+        return _denoiser_dir(path)
     bundled = bundled_config_dir(base)
     if bundled:
         return bundled
     try:
-        folder = hub.pull(base, include=["config.json", "unet/config.json"])
+        folder = hub.pull(base, include=["config.json", "unet/config.json", "transformer/config.json"])
     except RepoNotFoundError as err:
         known = ", ".join(sorted(p.name.replace("--", "/") for p in BUNDLED.iterdir() if p.is_dir()))
         err.add_note(f"Offline plans are bundled for: {known}")
         raise
-    return folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    return _denoiser_dir(folder)
+
+
+def _denoiser_dir(folder: Path) -> Path:
+    """A diffusers pipeline folder's denoiser (unet/ or transformer/, e.g. PixCell), else the folder itself."""
+    return next((folder / sub for sub in ("unet", "transformer") if (folder / sub / "config.json").is_file()), folder)
 
 
 def build_on_meta(config_dir: Path) -> tuple[torch.nn.Module, str]:
@@ -71,6 +76,10 @@ def build_on_meta(config_dir: Path) -> tuple[torch.nn.Module, str]:
 
             cls = getattr(diffusers, raw["_class_name"])
             return cls.from_config(cls.load_config(config_dir)), raw["_class_name"]
+        hubkit_task = task_for_architecture((raw.get("architectures") or [""])[0])
+        if hubkit_task is not None and hubkit_task.library_name.startswith("hubkit."):  # a hubkit model family
+            cls = getattr(importlib.import_module(hubkit_task.library_name), raw["architectures"][0])
+            return cls.from_config(raw), raw["architectures"][0]
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(config_dir)

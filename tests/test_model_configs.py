@@ -29,6 +29,10 @@ def _build_on_meta(folder: Path):
         config = model_cls.load_config(folder)
         with torch.device("meta"):
             return model_cls.from_config(config)
+    if raw.get("model_type") == "plant-vlm":  # a hubkit model family (hubkit.plant), not a transformers one
+        from hubkit.plan import build_on_meta
+
+        return build_on_meta(folder)[0]
     config = transformers.AutoConfig.from_pretrained(folder)
     model_cls = getattr(transformers, config.architectures[0])
     with torch.device("meta"):
@@ -65,7 +69,8 @@ def test_bundled_config_maps_to_a_task(folder: Path):
     architecture = raw.get("_class_name") or raw["architectures"][0]
     task = task_for_architecture(architecture)
     assert task is not None, architecture
-    assert task.library_name == ("diffusers" if "_class_name" in raw else "transformers")
+    expected = "diffusers" if "_class_name" in raw else "hubkit.plant" if raw.get("model_type") == "plant-vlm" else None
+    assert task.library_name == (expected or "transformers")
 
 
 def test_every_task_default_base_is_bundled():

@@ -215,7 +215,7 @@ def test_family_loads_and_runs(family: str, built: dict[str, Path], image: Image
     _, architecture = build_on_meta(find_config(str(folder)))  # as `hubkit lora plan` reads it
     assert architecture in task.architectures and task_for_architecture(architecture) is task
     model, _ = task.load(folder, LoadOptions())  # the owning task loads it
-    assert type(model).__name__ in (*task.architectures, "ConditionedUNet")
+    assert type(model).__name__ in (*task.architectures, "ConditionedUNet", "PixCellModel")
     if family in CHECKS:
         CHECKS[family](folder, image)
 

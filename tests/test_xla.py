@@ -46,3 +46,32 @@ def test_depth_trainer_runs_on_xla(xla_python, tmp_path):
     pulled = hub.pull("me/xla-depth")
     assert (pulled / "adapter_model.safetensors").is_file() and (pulled / "README.md").is_file()
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+def test_plant_trainer_runs_on_xla(xla_python, tmp_path):
+    """The Plantset trainer (tiny PlantVLM, LoRA) under torch_xla: fixed batch shapes (padded texts, drop_last)."""
+    from hubkit import hub, tiny
+    from hubkit.data.leaves import make_leaf_dataset
+
+    leaves = make_leaf_dataset(tmp_path / "leaves", per_class=4, size=32, seed=0, num_classes=4)
+    rows = [{"path": path.relative_to(leaves.image_dir).as_posix(), "label": label,
+             "label_id": leaves.classes.index(label), "text": f"symptoms of {label}", "description": label}
+            for path, label in leaves.images()]  # fmt: skip
+    jsonl = tmp_path / "multimodal_dataset.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = tiny.build("plant-vlm", tmp_path / "base")
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    cmd = [str(xla_python / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "trainers" / "plant_vlm.py")]
+    cmd += ["--config", str(ROOT / "trainers" / "configs" / "plant_vlm.yaml"), "--jsonl-file", str(jsonl)]
+    cmd += ["--root-dir", str(leaves.image_dir), "--base", str(base), "--num-classes", "4", "--batch_size", "4"]
+    cmd += ["--max_steps", "4", "--warmup_steps", "0", "--checkpoint_every", "2", "--report_to", "none"]
+    cmd += ["--text_max_length", "16", "--description_max_length", "8", "--val_fraction", "0.25"]
+    cmd += ["--output_dir", str(tmp_path / "out"), "--push-to-hub", "me/xla-plant"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DistributedType.XLA" in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and 0 <= summary["metrics"]["accuracy"] <= 1
+    pulled = hub.pull("me/xla-plant")
+    assert (pulled / "model.safetensors").is_file() and (pulled / "adapter_model.safetensors").is_file()

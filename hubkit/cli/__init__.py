@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import HubkitError
-from . import _hub, _models, _plant_data, _segma, _serve  # noqa: F401  (importing them registers their commands, in this order)
+from . import _hub, _models, _plant, _plant_data, _segma, _serve  # noqa: F401  (importing them registers their commands, in this order)
 from ._registry import COMMANDS, GROUPS, SHARED, Arg, Command, arg, command, group
 
 __all__ = ["COMMANDS", "GROUPS", "SHARED", "Arg", "Command", "arg", "build_parser", "command", "group", "main"]
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from .._logging import install_redaction, redact
 
     install_redaction()
+    if not args.verbose:  # library notices (a slower processor fallback) would break the one-line contract
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if getattr(args, "offline", False):
         os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -134,3 +134,26 @@ def _data_push(args) -> None:
         )
     print(f"hubkit data push: {Path(args.jsonl).name} -> {args.repo} (dataset)", file=sys.stderr)
     print(revision.id)
+
+
+@command(
+    "data leaves",
+    arg("out", help="a new folder: OUT/images/<class>/<n>.png and OUT/diseases.json"),
+    arg("--per-class", type=int, default=12),
+    arg("--size", type=int, default=64, help="image side in pixels"),
+    arg("--num-classes", type=int, default=8, help="2 to 25 classes"),
+    arg("--seed", type=int, default=0),
+    arg("--corrupt", action="store_true", help="also plant files the cleaner must catch (truncated, tiny, duplicates)"),
+    help="write the synthetic leaf set (species x disease pattern on real textures) to try the Plantset tools offline",
+)
+def _data_leaves(args) -> None:
+    from ..data.leaves import make_leaf_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; give a new folder")
+    leaf_set = make_leaf_dataset(out, per_class=args.per_class, size=args.size, seed=args.seed,
+                                 corrupt=args.corrupt, num_classes=args.num_classes)  # fmt: skip
+    print(f"hubkit data leaves: {len(leaf_set.classes)} classes x {args.per_class} images of {args.size} px"
+          + (f", {len(leaf_set.planted)} planted bad files" if args.corrupt else ""), file=sys.stderr)  # fmt: skip
+    print(leaf_set.image_dir)

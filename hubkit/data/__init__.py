@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .histology import HistologySet, load_patches, make_histology_dataset, read_patch_folder, stain_shift
 from .leaves import LeafSet, make_leaf_dataset
 from .synthetic import disparity_to_depth_mm, make_motorcycle_zivid
 from .zivid import (
@@ -15,15 +16,20 @@ from .zivid import (
 )
 
 __all__ = [
+    "HistologySet",
     "LeafSet",
     "ZividDepthDataset",
     "ZividReport",
     "ZividSample",
     "disparity_to_depth_mm",
     "load_pair",
+    "load_patches",
+    "make_histology_dataset",
     "make_leaf_dataset",
     "make_motorcycle_zivid",
+    "read_patch_folder",
     "scan_zivid",
     "split",
+    "stain_shift",
     "write_zivid",
 ]

@@ -1,0 +1,189 @@
+"""The plant Space's logic: a leaf photo (+ an optional symptom text) through two PlantVLM models side by side.
+
+`spaces/plant/app.py` builds the widgets and calls these; nothing here imports Gradio, so it is tested without a
+browser. Models come from the process's shared pool (`hubkit.pool`), loaded on first use.
+
+    demo = PlantDemo()
+    run = demo.run("leaf.jpg", text="brown rings on old leaves", models=["hubkit-tiny/plant-vlm", "me/plant"])
+    run.predictions["me/plant"].labels          # top-k classes, best first
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import hub
+from ..errors import ConfigError, HubkitError
+from ..spaces_support import RequestDirs, check_upload
+
+logger = logging.getLogger(__name__)
+TASK = "plant-disease"
+ARCHITECTURE = "PlantVLM"
+TINY = "hubkit-tiny/plant-vlm"
+MODELS_ENV = "HUBKIT_PLANT_MODELS"  # more model ids a request may load (comma-separated), e.g. Hub ids on a Space
+DESCRIPTIONS_FILE = "descriptions.json"  # {class: reference description}, written by the plant_vlm recipe
+MAX_TEXT = 1000  # characters of symptom text a request may send
+MAX_TOP_K = 20
+MODEL_NOT_AVAILABLE = (
+    "That model is not available here: pick one from the Model menus (PlantVLM models in this server's store, "
+    "plus those the operator lists in HUBKIT_PLANT_MODELS)."
+)
+
+
+@dataclass
+class PlantAnswer:
+    """One model's answer: top-k classes with probabilities, the generated description (when asked for) and the
+    reference description of the top class (when the model carries its classes' texts)."""
+
+    model: str
+    labels: list[str]
+    scores: list[float]
+    description: str | None
+    reference: str | None
+    seconds: float
+
+
+@dataclass
+class PlantRun:
+    text: str | None
+    answers: list[PlantAnswer] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def display_name(label: str) -> str:
+    """A class name as people read it: PlantVillage's "Tomato___Early_blight" -> "Tomato · Early blight"."""
+    return " · ".join(part.replace("_", " ").strip() for part in label.split("___") if part.strip()) or label
+
+
+def _is_plant_model(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ARCHITECTURE in (config.get("architectures") or [])
+
+
+class PlantDemo:
+    """Lists PlantVLM models in the local store and answers requests with one or two of them."""
+
+    def __init__(self, *, device: str = "cpu", pool=None):
+        self.device = device
+        self._pool = pool
+        self.outputs = RequestDirs("hubkit-plant-")
+
+    @property
+    def pool(self):
+        from ..pool import get_pool
+
+        return self._pool or get_pool()
+
+    # -- menus ------------------------------------------------------------------------------------------------
+    def available_models(self) -> list[str]:
+        """PlantVLM repos in the local store (config.json names the architecture), the tiny one first, then the
+        rest newest first, then the operator's extra ids."""
+        store = hub.LocalStore(hub.local_home())
+        found = []
+        for ref in store.list_repos("model"):
+            revisions = store.list_revisions(ref.repo_id)
+            if not revisions or "config.json" not in revisions[0].files:
+                continue
+            if _is_plant_model(store.pull(ref.repo_id, include=["config.json"])):
+                found.append((revisions[0].time, ref.repo_id))
+        names = [name for _, name in sorted(found, key=lambda x: x[0], reverse=True)]
+        if TINY in names:
+            names = [TINY, *(n for n in names if n != TINY)]
+        extra = [m.strip() for m in os.environ.get(MODELS_ENV, "").split(",") if m.strip()]
+        return names + [m for m in extra if m not in names]
+
+    def default_models(self) -> list[str]:
+        """What the page starts with: the base (the tiny model offline) beside the newest trained model."""
+        models = self.available_models()
+        return models[:2]
+
+    # -- a request --------------------------------------------------------------------------------------------
+    def run(
+        self,
+        image: Any,
+        *,
+        text: str | None = None,
+        models: list[str | None] | None = None,
+        top_k: int = 5,
+        describe: bool = False,
+    ) -> PlantRun:
+        """Top-k classes from each picked model (one or two; the same model twice runs once). Raises
+        InvalidImageError for an unusable upload, ConfigError for bad options, HubkitError for a model this server
+        does not offer — all before any model loads."""
+        pil = check_upload(image)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
+        text = (text or "").strip() or None
+        if text is not None and len(text) > MAX_TEXT:
+            raise ConfigError(f"The symptom text is {len(text)} characters; keep it under {MAX_TEXT}.")
+        picked = list(dict.fromkeys(m for m in (models or self.default_models()) if m))
+        if not picked:
+            raise HubkitError("No model picked, and none is in the store: run `hubkit bootstrap` or train one.")
+        allowed = set(self.available_models())
+        if any(m not in allowed for m in picked):
+            raise HubkitError(MODEL_NOT_AVAILABLE)
+        run = PlantRun(text=text)
+        for name in picked:
+            predictor = self.pool.predictor(TASK, name, device=self.device)
+            start = time.perf_counter()
+            prediction = predictor.predict(pil, texts=[text], top_k=top_k, generate_description=describe)
+            seconds = time.perf_counter() - start
+            labels = list(prediction.labels)
+            reference = self.reference(name, labels[0]) if labels else None
+            run.answers.append(
+                PlantAnswer(
+                    name, labels, [float(s) for s in prediction.scores], prediction.description, reference, seconds
+                )  # fmt: skip
+            )
+        folder = self.outputs.new()
+        out = folder / "prediction.json"
+        out.write_text(json.dumps(self.as_dict(run), ensure_ascii=False, indent=2) + "\n")
+        run.files = [out]
+        return run
+
+    def reference(self, model: str, label: str) -> str | None:
+        """The model's reference description of `label` (descriptions.json in its repo), if it has one."""
+        try:
+            folder = hub.pull(model, include=[DESCRIPTIONS_FILE])
+            return json.loads((folder / DESCRIPTIONS_FILE).read_text()).get(label)
+        except (HubkitError, OSError, ValueError):
+            return None
+
+    # -- views ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def as_dict(run: PlantRun) -> dict:
+        return {
+            "text": run.text,
+            "models": [
+                {"model": a.model, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in
+                                              zip(a.labels, a.scores, strict=True)],
+                 "description": a.description, "reference": a.reference}
+                for a in run.answers
+            ],
+        }  # fmt: skip
+
+    @staticmethod
+    def label_values(answer: PlantAnswer) -> dict[str, float]:
+        """{class as people read it: probability} for a bar chart of the top-k."""
+        return {display_name(c): s for c, s in zip(answer.labels, answer.scores, strict=True)}
+
+    @staticmethod
+    def summary(answer: PlantAnswer) -> str:
+        lines = [f"**{answer.model}** — top class **{display_name(answer.labels[0])}** ({answer.scores[0]:.1%}), "
+                 f"{answer.seconds * 1000:.0f} ms"]  # fmt: skip
+        if answer.description is not None:
+            lines += ["", f"*Generated description:* {answer.description or '(empty)'}"]
+        if answer.reference:
+            lines += ["", f"*Reference text for {display_name(answer.labels[0])}:* {answer.reference}"]
+        if answer.model.startswith("hubkit-tiny/"):
+            lines += ["", "Random-weight tiny model (offline demo): its answers are meaningless."]
+        return "\n".join(lines)

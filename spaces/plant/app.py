@@ -1,0 +1,111 @@
+"""Plant disease Space: a leaf photo (upload or camera) and an optional symptom text through two PlantVLM models side
+by side: top-k classes as bars, the generated description and the top class's reference text.
+
+Run alone with `python spaces/plant/app.py`, or with every other Space under `hubkit serve`.
+Models load on the first request, not at import; the logic lives in hubkit.plant.demo.PlantDemo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.plant.demo import MAX_TOP_K, PlantDemo
+from hubkit.spaces_support import check_upload, clean_on_shutdown
+
+EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
+plant = PlantDemo()
+
+
+def menus():
+    models = plant.available_models()
+    first, second = (plant.default_models() + [None, None])[:2]
+    return gr.Dropdown(choices=models, value=first), gr.Dropdown(choices=models, value=second)
+
+
+def preview(image):
+    if image is None:
+        return None
+    try:
+        return check_upload(image)
+    except InvalidImageError as err:
+        raise gr.Error(f"{err}", title="Not a usable image") from None
+
+
+def predict(image, camera, text, model_a, model_b, top_k, describe):
+    try:
+        run = plant.run(camera if camera is not None else image, text=text, models=[model_a, model_b],
+                        top_k=int(top_k), describe=bool(describe))  # fmt: skip
+    except InvalidImageError as err:
+        raise gr.Error(f"{err}", title="Not a usable image") from None
+    except HubkitError as err:
+        raise gr.Error(f"{err}") from None
+    answers = run.answers + [None] * (2 - len(run.answers))
+    outputs = []
+    for answer in answers:
+        if answer is None:
+            outputs += [gr.Label(value=None, label="(no second model)", show_heading=False), ""]
+        else:
+            outputs += [
+                gr.Label(value=plant.label_values(answer), label=answer.model, show_heading=False),
+                plant.summary(answer),
+            ]
+    return (*outputs, [str(p) for p in run.files])
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="hubkit · plant disease") as demo:
+        gr.Markdown(
+            "# Plant disease: leaf photo + symptoms\n"
+            "Upload a leaf photo or take one with the camera, add what you see (optional), and compare two models' "
+            "top classes. The symptom text helps where two diseases look alike."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                # A file input for uploads: gr.Image would decode a broken file before our code could explain it.
+                image = gr.File(label="Leaf photo", file_types=["image"], type="filepath", elem_id="plant-upload")
+                camera = gr.Image(label="…or the camera", sources=["webcam"], type="pil", height=200)
+                shown = gr.Image(label="Input", interactive=False, height=200, format="png")
+                if EXAMPLES:
+                    gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
+                text = gr.Textbox(label="Symptoms (optional)", lines=2, max_lines=6,
+                                  placeholder="e.g. brown spots with concentric rings on the older leaves")  # fmt: skip
+                with gr.Row():
+                    model_a = gr.Dropdown(label="Model A (base)", choices=[], value=None, allow_custom_value=True,
+                                          elem_id="plant-model-a")  # fmt: skip
+                    model_b = gr.Dropdown(label="Model B (fine-tuned)", choices=[], value=None,
+                                          allow_custom_value=True, elem_id="plant-model-b")  # fmt: skip
+                with gr.Row():
+                    top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top k")
+                    describe = gr.Checkbox(value=True, label="Generate a description")
+                refresh = gr.Button("↻ Refresh models")
+                run = gr.Button("Run", variant="primary", elem_id="plant-run")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    with gr.Column():
+                        label_a = gr.Label(label="Model A", elem_id="plant-a", show_heading=False)
+                        info_a = gr.Markdown(elem_id="plant-info-a")
+                    with gr.Column():
+                        label_b = gr.Label(label="Model B", elem_id="plant-b", show_heading=False)
+                        info_b = gr.Markdown(elem_id="plant-info-b")
+                files = gr.File(label="Download: prediction.json", file_count="multiple", elem_id="plant-files")
+
+        image.change(preview, inputs=image, outputs=shown, api_name="preview")
+        demo.load(menus, outputs=[model_a, model_b], api_name="menus")
+        refresh.click(menus, outputs=[model_a, model_b], api_name="refresh")
+        run.click(
+            predict,
+            inputs=[image, camera, text, model_a, model_b, top_k, describe],
+            outputs=[label_a, info_a, label_b, info_b, files],
+            api_name="predict",
+        )
+    clean_on_shutdown(demo, plant.outputs)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch()
