@@ -8,6 +8,7 @@ from . import (
     embedding,  # noqa: F401
     generation,  # noqa: F401
     labels,  # noqa: F401
+    pixcell,  # noqa: F401
     plant,  # noqa: F401
     sam,  # noqa: F401
 )
