@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ._registry import arg, command, group
 
-group("data", help="image classification data tools: clean a folder, join class texts, push as a Hub data set")
+group("data", help="data tools: clean an image folder, join class texts, push a data set, generate sample sets")
 
 
 @command(
@@ -157,3 +157,31 @@ def _data_leaves(args) -> None:
     print(f"hubkit data leaves: {len(leaf_set.classes)} classes x {args.per_class} images of {args.size} px"
           + (f", {len(leaf_set.planted)} planted bad files" if args.corrupt else ""), file=sys.stderr)  # fmt: skip
     print(leaf_set.image_dir)
+
+
+@command(
+    "data histology",
+    arg("out", help="a new folder of PNG patches + metadata.jsonl"),
+    arg(
+        "--domain",
+        default="target",
+        choices=("target", "source"),
+        help="target: crops of scikit-image's IHC slide; source: the same crops, stain-shifted",
+    ),  # fmt: skip
+    arg("--count", type=int, default=64),
+    arg("--patch", type=int, default=64, help="patch side in pixels"),
+    arg("--crop", type=int, default=None, help="window cut from the slide before resizing to --patch"),
+    arg("--split", default="all", choices=("all", "train", "test"), help="train / test crops never overlap"),
+    arg("--seed", type=int, default=0),
+    help="write histology patches from a real slide (and a stain-shifted copy) to try PixCell training offline",
+)
+def _data_histology(args) -> None:
+    from ..data.histology import make_histology_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; give a new folder")
+    made = make_histology_dataset(out, patch=args.patch, count=args.count, seed=args.seed, domain=args.domain,
+                                  split=args.split, crop=args.crop)  # fmt: skip
+    print(f"hubkit data histology: {len(made.files)} {args.domain} patches of {args.patch} px", file=sys.stderr)
+    print(out)

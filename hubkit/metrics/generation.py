@@ -284,7 +284,8 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
         raise DataError(f"Feature sets differ in width: {a.shape[1]} vs {b.shape[1]}; use the same encoder for both.")
     if min(len(a), len(b)) < 2:
         raise DataError(f"The Frechet distance needs at least 2 samples per set; got {len(a)} and {len(b)}.")
-    fid = FrechetInceptionDistance(feature=_Features(a.shape[1]), reset_real_features=True)
+    # sync_on_compute=False: under DDP only the main process evaluates; torchmetrics would wait for the others
+    fid = FrechetInceptionDistance(feature=_Features(a.shape[1]), reset_real_features=True, sync_on_compute=False)
     fid.update(b, real=True)
     fid.update(a, real=False)
     return max(float(fid.compute()), 0.0)
@@ -417,7 +418,7 @@ def encoder_fid(generated: Any, target: Any, encoder: Callable | EncoderFeatures
         raise DataError(f"The Frechet distance needs at least 2 images per set; got {len(fake)} and {len(real)}.")
     if not hasattr(extractor, "num_features"):
         extractor.num_features = int(extractor(real[:1]).shape[1])
-    fid = FrechetInceptionDistance(feature=extractor, normalize=True)  # states are float64 already
+    fid = FrechetInceptionDistance(feature=extractor, normalize=True, sync_on_compute=False)  # float64 states
     fid.update(real, real=True)
     fid.update(fake, real=False)
     return max(float(fid.compute()), 0.0)
