@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import HubkitError
-from . import _hub, _models, _plant, _plant_data, _search, _segma, _serve  # noqa: F401  (importing them registers their commands, in this order)
+from . import _hub, _models, _optimize, _plant, _plant_data, _search, _segma, _serve  # noqa: F401  (importing them registers their commands, in this order)
 from ._registry import COMMANDS, GROUPS, SHARED, Arg, Command, arg, command, group
 
 __all__ = ["COMMANDS", "GROUPS", "SHARED", "Arg", "Command", "arg", "build_parser", "command", "group", "main"]
