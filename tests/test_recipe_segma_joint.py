@@ -293,3 +293,16 @@ def test_bad_values_are_refused(sam_base, dino_base, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="loss weights"):
         build_config(SegmaJointConfig, quick(sam_base, dino_base, data_dir, tmp_path, segmentation_weight=0,
                                              detection_weight=0, classification_weight=0))  # fmt: skip
+
+
+def test_an_empty_predicted_mask_falls_back_to_its_box_for_hlbb():
+    from types import SimpleNamespace
+
+    from hubkit.recipes.segma_joint import _filled
+
+    masks = np.zeros((2, 20, 30), dtype=bool)
+    masks[0, 2:5, 2:5] = True
+    objects = [SimpleNamespace(box_xyxy=(0, 0, 10, 10)), SimpleNamespace(box_xyxy=(25.4, 15.2, 40, 40))]
+    out = _filled(masks, objects)
+    assert np.array_equal(out[0], masks[0])  # a mask with pixels is kept as it is
+    assert out[1].sum() == 5 * 5 and out[1, 15:20, 25:30].all()  # the box, clipped to the image

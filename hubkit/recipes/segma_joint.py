@@ -315,6 +315,18 @@ def parts_of(model) -> SegmaJointModel:
 
 
 @torch.no_grad()
+def _filled(masks: np.ndarray, objects) -> np.ndarray:
+    """The masks, each empty one replaced by its object's box rectangle (at least one pixel)."""
+    out = masks.astype(bool, copy=True)
+    height, width = out.shape[-2:]
+    for k, obj in enumerate(objects):
+        if not out[k].any():
+            x0, y0, x1, y1 = (int(round(v)) for v in obj.box_xyxy)
+            x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+            out[k, y0 : max(min(y1, height), y0 + 1), x0 : max(min(x1, width), x0 + 1)] = True
+    return out
+
+
 def evaluate_joint(model, samples, classes, detector_processor, sam_processor, *, box_threshold: float = 0.0) -> dict:
     """Detector mAP (the detection task's predict), SAM mask IoU for ground-truth box prompts (the mask-generation
     task's post-processing) and the region head's accuracy on those masks."""
@@ -342,8 +354,8 @@ def evaluate_joint(model, samples, classes, detector_processor, sam_processor, *
             ious.append(mask_iou(mask, obj.mask(sample.height, sample.width)))
         if joint.region_input == "sam":
             region = region_embedding(embedding[0], logits)
-        else:
-            region = torch.from_numpy(hlbb_features_batch(image, masks)).to(param.device)
+        else:  # HLBB needs pixels: a mask SAM left empty (early in training) falls back to its prompt box
+            region = torch.from_numpy(hlbb_features_batch(image, _filled(masks, sample.objects))).to(param.device)
         predicted = joint.region_head(region.float()).argmax(-1).cpu().tolist()
         hits += sum(p == classes.index(o.label) for p, o in zip(predicted, sample.objects, strict=True))
         count += len(sample.objects)
