@@ -53,6 +53,7 @@ from train_depth import (  # noqa: E402
     own_environment,
     quiet_median,
     stdout_to_stderr,
+    train_timed,
     wait_for_quiet,
 )
 
@@ -60,7 +61,7 @@ from hubkit import tiny  # noqa: E402
 from hubkit.data.leaves import make_leaf_dataset  # noqa: E402
 from hubkit.recipes.plant_vlm import TASK, PlantVLMTrainConfig, build_model, make_loss, plant_setup  # noqa: E402
 from hubkit.tasks import get_task  # noqa: E402
-from hubkit.training import build_config, train  # noqa: E402
+from hubkit.training import build_config  # noqa: E402
 from hubkit.training.trainable import build_trainable_model  # noqa: E402
 
 INFER_BATCH = 32
@@ -134,16 +135,7 @@ def run_hubkit(config, clock: StepClock) -> StepClock:
     setup = plant_setup(config)
     setup.eval_dataset = None  # no evaluation; the reload check uses a training batch
     setup.export_fn = None  # no merged export nor evaluation report: only the loop is measured
-    inner = setup.loss_fn
-
-    def loss_fn(model, batch):
-        if model.training:  # not the final reload check
-            clock.tick()
-        return inner(model, batch)
-
-    setup.loss_fn = loss_fn
-    train(config, setup)
-    return clock
+    return train_timed(config, setup, clock)
 
 
 def run_plain(config, clock: StepClock, *, amp_dtype: torch.dtype | None) -> StepClock:

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_depth import StepClock, own_environment, quiet_median, stdout_to_stderr, wait_for_quiet  # noqa: E402
+from train_depth import StepClock, own_environment, quiet_median, stdout_to_stderr, train_timed, wait_for_quiet  # noqa: E402
 
 from hubkit import tiny  # noqa: E402
 from hubkit.adapters import lora_config  # noqa: E402
@@ -42,7 +42,7 @@ from hubkit.data.segma import make_shapes_dataset  # noqa: E402
 from hubkit.plan import bundled_config_dir  # noqa: E402
 from hubkit.recipes.sam_lora import SamLoraConfig, make_loss, sam_setup, trainable_for  # noqa: E402
 from hubkit.tasks import get_task  # noqa: E402
-from hubkit.training import build_config, train  # noqa: E402
+from hubkit.training import build_config  # noqa: E402
 
 
 def reduced_sam_folder(root: Path, input_size: int) -> Path:
@@ -79,16 +79,7 @@ def reduced_sam_folder(root: Path, input_size: int) -> Path:
 def run_hubkit(config, clock: StepClock) -> StepClock:
     setup = sam_setup(config)
     setup.eval_dataset = None  # the loop then evaluates nothing; the reload check uses a training batch
-    inner = setup.loss_fn
-
-    def loss_fn(model, batch):
-        if model.training:  # not the final reload check
-            clock.tick()
-        return inner(model, batch)
-
-    setup.loss_fn = loss_fn
-    train(config, setup)
-    return clock
+    return train_timed(config, setup, clock)
 
 
 def run_plain(config, clock: StepClock) -> StepClock:

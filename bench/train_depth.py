@@ -92,6 +92,22 @@ class StepClock:
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / (self.times[-1] - self.times[self.warmup])
 
 
+def train_timed(config, setup, clock: StepClock) -> StepClock:
+    """hubkit's loop on `setup`, ticking `clock` at every training step (not at the final reload check)."""
+    from hubkit.training import train
+
+    inner = setup.loss_fn
+
+    def loss_fn(model, batch):
+        if model.training:  # not the final reload check
+            clock.tick()
+        return inner(model, batch)
+
+    setup.loss_fn = loss_fn
+    train(config, setup)
+    return clock
+
+
 @contextlib.contextmanager
 def own_environment():
     """Each run sees the environment as it was: `TrainingArguments(torch_compile=True)` sets
