@@ -160,6 +160,27 @@ def _data_leaves(args) -> None:
 
 
 @command(
+    "data garments",
+    arg("out", help="a new folder: OUT/<category>/<id>.png (one sub-folder per class) + OUT/metadata.jsonl"),
+    arg("--per-category", type=int, default=24, help="items per category (shirt, trousers, dress, shoe, bag)"),
+    arg("--size", type=int, default=64, help="image side in pixels"),
+    arg("--seed", type=int, default=0),
+    help="write the generated garment set, one folder per category, to try the classifier recipe and "
+    "`hubkit optimize` offline",
+)
+def _data_garments(args) -> None:
+    from ..data.garments import make_class_folders
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; give a new folder")
+    counts = make_class_folders(out, n_per_category=args.per_category, size=args.size, seed=args.seed)
+    print(f"hubkit data garments: {len(counts)} categories x {args.per_category} images of {args.size} px",
+          file=sys.stderr)  # fmt: skip
+    print(out)
+
+
+@command(
     "data histology",
     arg("out", help="a new folder of PNG patches + metadata.jsonl"),
     arg(

@@ -232,6 +232,24 @@ def make_catalogue(out: str | Path, n_per_category: int = 10, seed: int = 0, *, 
     return out
 
 
+def make_class_folders(out: str | Path, n_per_category: int = 24, seed: int = 0, *, size: int = 64) -> dict[str, int]:
+    """The catalogue as a class-per-folder tree, `out/<category>/<id>.png` (what an image classifier trains on and
+    `hubkit optimize` measures on). Returns {category: image count}."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="hubkit-garments-") as tmp:
+        shop = make_catalogue(Path(tmp) / "shop", n_per_category, seed, size=size)
+        for row in read_catalogue(shop):
+            folder = out / row["category"]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.move(shop / row["file"], folder / Path(row["file"]).name)
+            counts[row["category"]] = counts.get(row["category"], 0) + 1
+    return counts
+
+
 def read_catalogue(folder: str | Path) -> list[dict]:
     """The rows of `folder/metadata.jsonl` (each has at least id and file; file is relative to `folder`)."""
     path = Path(folder) / "metadata.jsonl"

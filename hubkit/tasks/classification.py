@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..tiny import image_classification as tiny_image_classification
+from ..tiny import resnet_classifier as tiny_resnet_classifier
 from ._base import LoraPreset, Task, TinyModel, register_task
 
 
@@ -28,12 +29,18 @@ class Classification:
 class ImageClassification(Task):
     name = "image-classification"
     pipeline_tag = "image-classification"
-    architectures = ("ViTForImageClassification",)
+    architectures = (
+        "ViTForImageClassification",
+        "ResNetForImageClassification",
+        "MobileNetV2ForImageClassification",
+        "EfficientNetForImageClassification",
+    )
     auto_model = "AutoModelForImageClassification"
     auto_processor = "AutoImageProcessor"
     default_base = "google/vit-base-patch16-224"
     tiny_models = (
         TinyModel("image-classification", tiny_image_classification.build, mimics="google/vit-base-patch16-224"),
+        TinyModel("resnet-classifier", tiny_resnet_classifier.build, mimics="microsoft/resnet-50"),
     )
     output_type = "Classification (top-k labels and softmax scores, best first)"
     # The LoRA image-classification recipe: attention query / value / key (q_proj ... in transformers 5).
