@@ -335,6 +335,10 @@ def make_export(probe_dataset: torch.utils.data.Dataset, report_samples=(), refe
         if references:
             (folder / DESCRIPTIONS_FILE).write_text(json.dumps(references, ensure_ascii=False, indent=2) + "\n")
         if report_samples:
+            if next(final.parameters()).device.type == "xla":
+                # The report decodes descriptions token by token: on XLA each new length is a new graph to compile
+                # (minutes each), so it runs on the host, on the model just written (what the push carries).
+                final = PlantVLM.from_pretrained(folder).eval()
             evaluate_plant_model(final, list(report_samples), folder / REPORT_DIR)
 
     return export
