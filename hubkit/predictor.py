@@ -22,6 +22,7 @@ from .tasks import LoadOptions, get_task, to_pil
 
 logger = logging.getLogger(__name__)
 BASE = "base"  # the name that means "no adapter"
+PEFT_BASE = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch (adapter_names)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,29 @@ class Predictor:
         with self.using(adapter):
             outputs = self.task.predict(self.model, self.processor, pil, **kwargs)
         return outputs[0] if single else outputs
+
+    @torch.inference_mode()
+    def forward_mixed(self, adapters: Sequence[str], **inputs: Any) -> Any:
+        """One forward pass of the model on a batch whose row i uses adapter `adapters[i]` ("base": none).
+
+        peft's per-sample `adapter_names`, so requests for different adapters of one base share a pass. Every
+        adapter must be attached already (`add_adapter`); a merged adapter is unmerged first. `inputs` are the
+        model's tensors (e.g. pixel_values), batch-first; returns the model's output.
+        """
+        names = list(adapters)
+        unknown = sorted({n for n in names if n != BASE and n not in self.adapters})
+        if unknown:
+            raise AdapterMismatchError(
+                f"No adapter {', '.join(map(repr, unknown))} loaded; loaded: {', '.join(self.adapters) or 'none'}"
+            )
+        self.model.eval()
+        if not self.adapters:  # a plain model: every row is the base
+            return self.model(**inputs)
+        self.unmerge()
+        if all(n == BASE for n in names):
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        return self.model(**inputs, adapter_names=[PEFT_BASE if n == BASE else n for n in names])
 
     def compare(self, images: Any, **kwargs) -> dict[str, Any]:
         """Predictions of the base and of every loaded adapter, side by side."""

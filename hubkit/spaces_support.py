@@ -17,6 +17,8 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +298,10 @@ def check_upload(image: Any, *, max_pixels: int = MAX_DEMO_PIXELS) -> Image.Imag
     try:
         return to_pil(image, name="The upload")
     except InvalidImageError as err:
-        raise InvalidImageError(f"{err}. Upload a PNG, JPEG or WebP photo.") from None
+        message = str(err)
+        if isinstance(image, (str, Path)):  # the user knows the file by its name, not by the server's temp path
+            message = message.replace(repr(str(image)), Path(image).name)
+        raise InvalidImageError(f"{message}. Upload a PNG, JPEG or WebP photo.") from None
 
 
 def parse_intrinsics(fx, fy, cx=None, cy=None) -> tuple[float, float, float | None, float | None] | None:
@@ -316,13 +321,80 @@ def parse_intrinsics(fx, fy, cx=None, cy=None) -> tuple[float, float, float | No
     return fx_, fy_, cx_, cy_
 
 
+MIN_SIDE = 16  # px: a depth model needs some context, and a legend under a 1 px map says nothing
+ROWS_PER_PASS = 16  # rows (image x adapter) in one forward pass: 8 requests of base + one adapter
+
+
+@dataclass
+class DepthRequest:
+    """One checked depth request: what `DepthDemo.check` accepted, ready to predict (nothing loaded yet)."""
+
+    image: Image.Image
+    base: str
+    adapters: list[str]  # repo ids (or operator folders) as asked, in order
+    folders: dict[str, Path]  # PEFT name -> folder
+    intrinsics: tuple[float, float, float, float] | None = None
+    files: bool = False  # write the 16-bit PNG / .npy downloads (the .ply comes with intrinsics)
+
+
+class MicroBatcher:
+    """Runs `run_batch(items)` on up to `max_batch_size` items that arrive while the previous batch runs.
+
+    Callers block in `__call__` on their own item and get its own result or exception: a bad or failing item
+    never fails its neighbours. One worker thread (started on first use) takes what is queued, waiting at most
+    `max_wait` seconds for more when fewer than `max_batch_size` are there, so a lone request is not held back.
+    """
+
+    def __init__(self, run_batch, *, max_batch_size: int = 8, max_wait: float = 0.005, name: str = "batcher"):
+        if max_batch_size < 1:
+            raise HubkitError(f"max_batch_size must be at least 1; got {max_batch_size!r}")
+        self.run_batch, self.max_batch_size, self.max_wait, self.name = run_batch, max_batch_size, max_wait, name
+        self.sizes: deque[int] = deque(maxlen=10_000)  # batch sizes run, newest last (for tests and benches)
+        self._queue: deque[tuple[Any, Future]] = deque()
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    def __call__(self, item: Any) -> Any:
+        future: Future = Future()
+        with self._cond:
+            self._queue.append((item, future))
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._queue, timeout=60):
+                    self._worker = None  # idle a minute: the next call starts a new worker
+                    return
+                deadline = time.monotonic() + self.max_wait
+                while len(self._queue) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            self.sizes.append(len(batch))
+            try:
+                outcomes = self.run_batch([item for item, _ in batch])
+            except BaseException as err:  # noqa: BLE001  (handed to every caller of this batch)
+                outcomes = [err] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
 class DepthDemo:
     """The depth Space's logic, on predictors from the process's shared model pool (`hubkit.pool`).
 
-    Nothing loads at construction; the first `run` for a base loads it into the pool, later runs (of this Space or
-    any other asking for the same base) reuse it and only `set_adapter` between adapters, attached once. The pool's
-    byte budget bounds memory across Spaces; this Space also keeps at most ``HUBKIT_SPACE_MAX_BASES`` of its bases
-    there (0: no cap), evicting its least recently used one unless a request is using it.
+    Nothing loads at construction; the first request for a base loads it into the pool, later ones (of this Space
+    or any other asking for the same base) reuse it; adapters are attached once. Requests that arrive together
+    (`submit`, through a MicroBatcher) share forward passes, even when they ask for different adapters of one base
+    (peft's per-sample adapter names). The pool's byte budget bounds memory across Spaces; this Space also keeps at
+    most ``HUBKIT_SPACE_MAX_BASES`` of its bases there (0: no cap), evicting its least recently used one unless a
+    request is using it.
     """
 
     task = DEPTH_TASK
@@ -335,6 +407,7 @@ class DepthDemo:
         cmap: str = "Spectral_r",
         outputs: RequestDirs | None = None,
         pool: ModelPool | None = None,
+        max_batch_size: int = 8,
     ):
         self.device = device or os.environ.get("HUBKIT_DEVICE", "auto")
         self.max_pixels = max_pixels
@@ -344,6 +417,8 @@ class DepthDemo:
         self._bases: OrderedDict[str, None] = OrderedDict()  # this Space's bases, least recently used first
         self._adapter_folders: dict[tuple[str, str], Path] = {}  # (local store, adapter as asked) -> folder
         self._lock = threading.RLock()
+        self.batcher = MicroBatcher(self.run_batch, max_batch_size=max_batch_size, name="depth-batcher")
+        self.passes: deque[int] = deque(maxlen=10_000)  # rows in each forward pass, newest last
 
     # -- menus ------------------------------------------------------------------------------------------
     def default_base(self) -> str:
@@ -375,6 +450,10 @@ class DepthDemo:
             bases = list(self._bases)
         resident = {base: self.pool.peek(self.task, base, device=self.device) for base in bases}
         return {base: predictor for base, predictor in resident.items() if predictor is not None}
+
+    def is_loaded(self, base: str | None = None) -> bool:
+        """Whether `base` is in the pool now (False: the next request for it loads it first, which takes a while)."""
+        return self.pool.peek(self.task, base or self.default_base(), device=self.device) is not None
 
     def _admit(self, base: str) -> None:
         """Check that a request may load `base`; mark it this Space's most recently used, evicting past the cap."""
@@ -410,6 +489,139 @@ class DepthDemo:
             self._adapter_folders[key] = resolve_adapter(repo_id)
         return self._adapter_folders[key]
 
+    # -- requests ---------------------------------------------------------------------------------------
+    def check(
+        self,
+        image: Any,
+        base: str | None = None,
+        adapters: Sequence[str] | str | None = (),
+        intrinsics: Sequence[float | None] | None = None,
+        *,
+        files: bool = False,
+    ) -> DepthRequest:
+        """Every check a request gets before it may queue for the model: image, base, adapters, intrinsics.
+
+        Raises InvalidImageError or HubkitError with one sentence saying what to do; loads no model.
+        """
+        pil = check_upload(image, max_pixels=self.max_pixels)
+        if min(pil.size) < MIN_SIDE:
+            raise InvalidImageError(
+                f"The image is {pil.width}x{pil.height} px; this demo needs at least {MIN_SIDE} px on each side. "
+                "Upload a larger photo."
+            )
+        base = base or self.default_base()
+        if not isinstance(base, str):
+            raise HubkitError(f"base must be a model id (a string); got {type(base).__name__}. Pick one from the menu.")
+        adapters = [adapters] if isinstance(adapters, str) else [a for a in (adapters or []) if a]
+        if not all(isinstance(a, str) for a in adapters):  # API callers can send any JSON
+            raise HubkitError(ADAPTER_NOT_AVAILABLE)
+        adapters = list(dict.fromkeys(adapters))  # one row per adapter, however often it is named
+        if intrinsics is not None:
+            if len(intrinsics) != 4:
+                raise HubkitError(f"intrinsics must be (fx, fy, cx, cy) in pixels; got {intrinsics!r}")
+            fx, fy, cx, cy = intrinsics  # cx / cy None: the image centre
+            intrinsics = (fx, fy, (pil.width - 1) / 2 if cx is None else cx, (pil.height - 1) / 2 if cy is None else cy)
+        with self._lock:  # adapters are checked before the base loads: a refused one costs no model load
+            folders = {_adapter_name(repo): self._adapter_folder(repo) for repo in adapters}
+            self._admit(base)
+        return DepthRequest(pil, base, adapters, folders, intrinsics, bool(files))
+
+    def run(
+        self,
+        image: Any,
+        base: str | None = None,
+        adapters: Sequence[str] | str | None = (),
+        intrinsics: Sequence[float | None] | None = None,
+        *,
+        files: bool = True,
+    ) -> dict[str, Any]:
+        """Depth of `image` from `base` and from `base` + each adapter, in one forward pass, in this thread.
+
+        Returns a dict: "base" (colourised map + legend, uint8 array), "adapted" (the first adapter's map, or None),
+        "adapters" ({repo id: map} for every adapter), "unit", "range" ({name: (vmin, vmax)}), "png16" / "npy" /
+        "ply" (the first adapter's outputs, or the base's without adapters; None when not written: `files` for the
+        PNG / .npy, intrinsics for the .ply), "files" (every file written), "seconds".
+        """
+        started = time.perf_counter()
+        request = self.check(image, base, adapters, intrinsics, files=files)
+        (outcome,) = self.run_batch([request])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        outcome["seconds"] = time.perf_counter() - started
+        return outcome
+
+    def submit(self, request: DepthRequest, *, batch: bool = True) -> dict[str, Any]:
+        """`request`'s result. batch=True: predicted together with requests other threads submit meanwhile (up
+        to `max_batch_size`); False: its own forward pass, in this thread. Raises the request's own error."""
+        started = time.perf_counter()
+        if batch:
+            result = self.batcher(request)
+        else:
+            (result,) = self.run_batch([request])
+            if isinstance(result, BaseException):
+                raise result
+        result["seconds"] = time.perf_counter() - started
+        return result
+
+    def run_batch(self, requests: Sequence[DepthRequest]) -> list[dict[str, Any] | BaseException]:
+        """Results of checked requests, one per request (an exception for a request that failed).
+
+        Rows (a request's image x base / each adapter) of one base share forward passes of up to ROWS_PER_PASS rows
+        whose inputs have the same size; each row uses its own adapter.
+        """
+        outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(requests)
+        by_base: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_base.setdefault(request.base, []).append(i)
+        for base, indices in by_base.items():
+            folders: dict[str, Path] = {}
+            for i in indices:
+                folders.update(requests[i].folders)
+            try:
+                with self.pool.lease(self.task, base, folders, loader=self._load, device=self.device) as predictor:
+                    predictions = self._predict_rows(predictor, [requests[i] for i in indices])
+            except Exception as err:  # noqa: BLE001  (a model that fails to load fails its own requests only)
+                for i in indices:
+                    outcomes[i] = err
+                continue
+            for i, prediction in zip(indices, predictions, strict=True):
+                try:
+                    outcomes[i] = self._result(requests[i], prediction)
+                except Exception as err:  # noqa: BLE001
+                    outcomes[i] = err
+        return outcomes  # type: ignore[return-value]
+
+    def _predict_rows(self, predictor: Predictor, requests: Sequence[DepthRequest]) -> list[dict[str, Any]]:
+        """{BASE or repo id: DepthPrediction} per request, from batched mixed-adapter forward passes."""
+        import torch
+
+        from .tasks.depth import DepthPrediction
+
+        model = predictor.model
+        parameter = next(model.parameters())
+        base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        relative = getattr(base_model.config, "depth_estimation_type", "relative") != "metric"
+        pixels = [predictor.processor(images=r.image, return_tensors="pt")["pixel_values"][0] for r in requests]
+        rows = [(i, key) for i, r in enumerate(requests) for key in (BASE, *r.adapters)]
+        groups: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(pixels[row[0]].shape), []).append(row)
+        out: list[dict[str, Any]] = [{} for _ in requests]
+        for group in groups.values():
+            for start in range(0, len(group), ROWS_PER_PASS):
+                chunk = group[start : start + ROWS_PER_PASS]
+                batch = torch.stack([pixels[i] for i, _ in chunk]).to(parameter.device, parameter.dtype)
+                names = [BASE if key == BASE else _adapter_name(key) for _, key in chunk]
+                depth = predictor.forward_mixed(names, pixel_values=batch).predicted_depth.float()
+                self.passes.append(len(chunk))
+                for (i, key), row in zip(chunk, depth, strict=True):
+                    image = requests[i].image
+                    resized = torch.nn.functional.interpolate(
+                        row[None, None], size=(image.height, image.width), mode="bicubic", align_corners=False
+                    )[0, 0]
+                    out[i][key] = DepthPrediction(resized.cpu().numpy().astype(np.float32), relative)
+        return out
+
     # -- outputs ----------------------------------------------------------------------------------------
     def render(self, prediction) -> tuple[np.ndarray, tuple[float, float], str]:
         """A colourised map with its legend underneath; metric depth is shown in millimetres."""
@@ -419,43 +631,12 @@ class DepthDemo:
         legend = viz.depth_legend(vmin, vmax, unit, width=rgb.shape[1], cmap=self.cmap)
         return viz.with_legend(rgb, legend), (vmin, vmax), unit
 
-    def run(
-        self,
-        image: Any,
-        base: str | None = None,
-        adapters: Sequence[str] | str | None = (),
-        intrinsics: Sequence[float | None] | None = None,
-    ) -> dict[str, Any]:
-        """Depth of `image` from `base` and from `base` + each adapter.
-
-        Returns a dict: "base" (colourised map + legend, uint8 array), "adapted" (the first adapter's map, or None),
-        "adapters" ({repo id: map} for every adapter), "unit", "range" ({name: (vmin, vmax)}), "png16" / "npy" /
-        "ply" (the first adapter's outputs, or the base's without adapters; "ply" only with intrinsics),
-        "files" (every file written), "seconds".
-        """
-        started = time.perf_counter()
-        pil = check_upload(image, max_pixels=self.max_pixels)
-        base = base or self.default_base()
-        adapters = [adapters] if isinstance(adapters, str) else [a for a in (adapters or []) if a]
-        if not all(isinstance(a, str) for a in adapters):  # API callers can send any JSON
-            raise HubkitError(ADAPTER_NOT_AVAILABLE)
-        if intrinsics is not None:
-            if len(intrinsics) != 4:
-                raise HubkitError(f"intrinsics must be (fx, fy, cx, cy) in pixels; got {intrinsics!r}")
-            fx, fy, cx, cy = intrinsics  # cx / cy None: the image centre
-            intrinsics = (fx, fy, (pil.width - 1) / 2 if cx is None else cx, (pil.height - 1) / 2 if cy is None else cy)
-        with self._lock:  # adapters are checked before the base loads: a refused one costs no model load
-            folders = {_adapter_name(repo): self._adapter_folder(repo) for repo in adapters}
-            self._admit(base)
-        names = {repo: _adapter_name(repo) for repo in adapters}
-        # the lease keeps the model from eviction and from other requests while this one predicts
-        with self.pool.lease(self.task, base, folders, loader=self._load, device=self.device) as predictor:
-            predictions = {BASE: predictor.predict(pil, adapter=BASE)}
-            for repo, name in names.items():
-                predictions[repo] = predictor.predict(pil, adapter=name)
-        out_dir = self.outputs.new()
-        rgb = np.asarray(pil)
-        result: dict[str, Any] = {"adapters": {}, "range": {}, "files": [], "ply": None, "base_id": base}
+    def _result(self, request: DepthRequest, predictions: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {"adapters": {}, "range": {}, "files": [], "base_id": request.base}
+        result.update(png16=None, npy=None, ply=None)
+        first = request.adapters[0] if request.adapters else None
+        out_dir = self.outputs.new() if request.files or request.intrinsics is not None else None
+        rgb = np.asarray(request.image)
         for key, prediction in predictions.items():
             picture, span, unit = self.render(prediction)
             result["range"][key] = span
@@ -465,22 +646,22 @@ class DepthDemo:
             else:
                 result["adapters"][key] = picture
             stem = "base" if key == BASE else _adapter_name(key)
-            png = viz.save_depth_png16(out_dir / f"{stem}.depth16.png", prediction)
-            npy = out_dir / f"{stem}.depth.npy"
-            np.save(npy, prediction.depth)
-            ply = None
-            if intrinsics is not None:
+            png = npy = ply = None
+            if request.files:
+                png = viz.save_depth_png16(out_dir / f"{stem}.depth16.png", prediction)
+                npy = out_dir / f"{stem}.depth.npy"
+                np.save(npy, prediction.depth)
+            if request.intrinsics is not None:
                 depth = viz.inverse_to_depth(prediction.depth) if prediction.relative else prediction.depth
-                xyz, colours = viz.depth_to_points(depth, rgb, *intrinsics)
+                xyz, colours = viz.depth_to_points(depth, rgb, *request.intrinsics)
                 ply = viz.write_ply(out_dir / f"{stem}.ply", xyz, colours)
             result["files"] += [p for p in (png, npy, ply) if p is not None]
-            if key == BASE or key == next(iter(names), None):
+            if key == (first or BASE):
                 result["png16"], result["npy"], result["ply"] = png, npy, ply
-        first = next(iter(names), None)
         result["adapted"] = result["adapters"][first] if first else None
         result["adapted_id"] = first
         result["relative"] = predictions[BASE].relative
-        result["seconds"] = time.perf_counter() - started
+        result["seconds"] = 0.0
         return result
 
     def summary(self, result: dict[str, Any]) -> str:
@@ -496,3 +677,22 @@ class DepthDemo:
             for key, (lo, hi) in result["range"].items()
         ]
         return head + "\n\nColour range (1st-99th percentile):\n\n" + "\n".join(ranges)
+
+
+# -- the way home and links into a Space (the landing page, the gallery) ------------------------------------
+def back_link() -> str:
+    """The HTML of a Space's "← hubkit" link to the landing page (`/` under `hubkit serve`, or the hub's URL
+    from HUBKIT_SERVER_URL when the Space runs as its own server)."""
+    target = os.environ.get("HUBKIT_SERVER_URL", "").rstrip("/") + "/"
+    return f'<a href="{target}" class="hubkit-back" style="text-decoration:none">← hubkit</a>'
+
+
+def query_choice(request: Any, key: str, allowed: list) -> Any:
+    """The value of `?key=` in the page's URL when the menu offers it (a choice or a (label, value) pair's
+    value), else None: a link may preselect a base or an adapter, never add one."""
+    params = getattr(request, "query_params", None)
+    value = params.get(key) if params is not None else None
+    if not value:
+        return None
+    values = [c[1] if isinstance(c, tuple | list) else c for c in allowed]
+    return value if value in values else None

@@ -6,6 +6,7 @@ trainers' validation images.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,7 +116,8 @@ def colorize_depth(
     return rgb, (lo, hi)
 
 
-def _font(size: int):
+@functools.lru_cache(maxsize=16)
+def _font(size: int):  # cached: Pillow decodes its built-in font on every load_default call (~20 ms)
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
     except (TypeError, OSError):
@@ -148,9 +150,13 @@ def depth_legend(
     """
     relative = (unit == "relative") if relative is None else relative
     width = max(int(width), 160)
-    pad, bar_h, font_size = 12, 14, 12
+    # Sized with the image: a map is shown scaled to its panel's width, so a fixed 12 px font under a 3000 px map
+    # would shrink to a hairline. At least 12 px (small maps), one step per 480 px of width.
+    scale = max(1.0, width / 480)
+    pad, bar_h, font_size = round(12 * scale), round(14 * scale), round(12 * scale)
     font = _font(font_size)
-    height = bar_h + font_size * 2 + 22
+    line = max(1, round(scale))
+    height = bar_h + font_size * 2 + round(22 * scale)
     legend = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
     span = width - 2 * pad
@@ -158,23 +164,27 @@ def depth_legend(
     lut = cmap_lut(cmap)
     colours = lut[np.round(_scale(values, vmin, vmax, relative=relative) * (len(lut) - 1)).astype(np.intp)]
     bar = np.repeat(colours[None], bar_h, axis=0)
-    legend.paste(Image.fromarray(bar), (pad, 4))
-    draw.rectangle([pad - 1, 3, pad + span, 4 + bar_h], outline=(80, 80, 80))
-    y = 4 + bar_h
+    top = round(4 * scale)
+    legend.paste(Image.fromarray(bar), (pad, top))
+    draw.rectangle([pad - line, top - line, pad + span, top + bar_h], outline=(80, 80, 80), width=line)
+    y = top + bar_h
+    tick = round(4 * scale)
     for n in range(max(ticks, 2), 1, -1):  # fewer ticks when the labels would overlap on a narrow bar
         labels = [format_depth(vmin + (vmax - vmin) * i / (n - 1), unit) for i in range(n)]
         widths = [draw.textlength(text, font=font) for text in labels]
-        if n == 2 or max(widths) * n + 8 * (n - 1) <= span:
+        if n == 2 or max(widths) * n + 8 * scale * (n - 1) <= span:
             break
     for i, (text, w) in enumerate(zip(labels, widths, strict=True)):
         x = pad + round(i * (span - 1) / (n - 1))
-        draw.line([x, y, x, y + 4], fill=(0, 0, 0))
-        draw.text((min(max(x - w / 2, 2), width - w - 2), y + 5), text, fill=(0, 0, 0), font=font)
+        draw.line([x, y, x, y + tick], fill=(0, 0, 0), width=line)
+        draw.text((min(max(x - w / 2, 2), width - w - 2), y + tick + line), text, fill=(0, 0, 0), font=font)
     if unit == "relative":
         caption = "relative inverse depth (unitless): far <-> near"
     else:
         caption = f"depth in {unit}: near <-> far"
-    draw.text((pad, y + 7 + font_size), caption, fill=(60, 60, 60), font=font)
+    if draw.textlength(caption, font=font) > width - pad:  # a narrow legend: the short form
+        caption = "relative: far <-> near" if unit == "relative" else f"{unit}: near <-> far"
+    draw.text((pad, y + tick + 3 * line + font_size), caption, fill=(60, 60, 60), font=font)
     return np.asarray(legend)
 
 

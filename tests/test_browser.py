@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def _run_server(home: Path, tmp_path: Path, *args: str):
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # generous: it imports every Space, on a shared 2-core machine
         while True:
             if proc.poll() is not None:
                 log.seek(0)
@@ -73,7 +74,7 @@ def _run_server(home: Path, tmp_path: Path, *args: str):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("hubkit serve did not answer within 60 s")
+                pytest.fail("hubkit serve did not answer within 240 s")
             time.sleep(0.3)
         yield url
     finally:
@@ -103,7 +104,10 @@ def test_depth_space_in_chromium(server, tmp_path):
             sync_api.expect(page.get_by_label("Base model")).to_have_value("hubkit-tiny/depth-anything")
 
             page.locator("#depth-upload input[type=file]").set_input_files(str(EXAMPLE))
+            page.get_by_label("Make download files").check()  # downloads are written only when asked
             page.get_by_role("button", name="Run", exact=True).click()
+            # the model loads on this first request, and the page says so while it does
+            sync_api.expect(page.get_by_text(re.compile("first request loads the model")).first).to_be_visible()
             for elem_id in ("depth-base", "depth-adapted"):
                 image = page.locator(f"#{elem_id} img")
                 image.wait_for(state="visible")
@@ -116,7 +120,10 @@ def test_depth_space_in_chromium(server, tmp_path):
             # Downloads: 16-bit PNG + .npy for the base and for the adapter (no .ply without intrinsics).
             sync_api.expect(page.locator("a[href$='.depth16.png']")).to_have_count(2)
             sync_api.expect(page.locator("a[href$='.depth.npy']")).to_have_count(2)
+            sync_api.expect(page.locator("#depth-info")).to_contain_text("relative")  # the summary replaced the note
             page.screenshot(path=str(tmp_path / "depth-space.png"), full_page=True)
+            if os.environ.get("HUBKIT_SCREENSHOTS"):  # for a person to look at the page
+                shutil.copy(tmp_path / "depth-space.png", Path(os.environ["HUBKIT_SCREENSHOTS"]) / "depth-space.png")
         finally:
             browser.close()
     assert (tmp_path / "depth-space.png").stat().st_size > 10_000

@@ -8,6 +8,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from test_space_depth import free_port
@@ -306,3 +307,253 @@ def test_over_a_real_port_with_gradio_client(spaces_dir, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# -- the landing page's content: tiles, newest adapters, store and Hub line -------------------------------
+def _thumbnail(path: Path, caption: str) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Description", caption)
+    Image.new("RGB", (48, 27), (200, 30, 30)).save(path, pnginfo=info)
+
+
+def test_tiles_show_task_models_and_thumbnail(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    card = readme("Shout", "gradio", "upper-cases text").replace(
+        "---\n\n", "models:\n- org/shouter\ndatasets:\n- org/phrases\ntags:\n- lora\n- image-to-text\n---\n\n"
+    )
+    folder = write_space(tmp_path, "shout", GRADIO_SPACE, card)
+    _thumbnail(folder / "thumbnail.png", "Example output: made by the test")
+    write_space(tmp_path, "plain", GRADIO_SPACE, readme("Plain", "gradio"))
+    with TestClient(serve.build_app(spaces_dir=tmp_path)) as client:
+        tiles = landing_tiles(client)
+        shout = tiles.split('data-space="shout"')[1].split("</li>")[0]
+        assert "task: <code>image-to-text</code>" in shout  # the tag naming a HF task, not the first tag
+        assert "<code>org/shouter</code>" in shout and "<code>org/phrases</code>" in shout
+        assert 'src="/api/thumbnail/shout"' in shout and "Example output: made by the test" in shout
+        plain = tiles.split('data-space="plain"')[1].split("</li>")[0]
+        assert "no example image" in plain and "/api/thumbnail/" not in plain
+        picture = client.get("/api/thumbnail/shout")
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert picture.content == (folder / "thumbnail.png").read_bytes()
+        for name in ("plain", "nope", "..%2Fshout", "shout%2Fapp.py"):
+            assert client.get(f"/api/thumbnail/{name}").status_code == 404, name
+
+
+@pytest.fixture
+def bootstrapped(tmp_path_factory, isolated_home):
+    import os
+    import shutil
+
+    from test_space_depth import store_template
+
+    shutil.copytree(
+        store_template(tmp_path_factory),
+        isolated_home,
+        ignore=shutil.ignore_patterns(".complete"),
+        copy_function=os.link,
+    )
+    from hubkit import hub
+
+    return hub.get_store()
+
+
+def _push_adapter_with_metric(store, tmp_path) -> str:
+    from hubkit import cards, hub
+
+    folder = tmp_path / "new-adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    card = cards.adapter_card(
+        model_name="depth-test-lora",
+        base_model="hubkit-tiny/depth-anything",
+        pipeline_tag="depth-estimation",
+        metrics=[cards.Metric("abs_rel", 0.1234, "nyu-test", "depth")],
+    )
+    card.save(folder / "README.md")
+    hub.push(folder, "me/depth-test-lora", hub=store)
+    return "me/depth-test-lora"
+
+
+def test_newest_adapters_with_headline_metric_and_link(bootstrapped, tmp_path):
+    store = bootstrapped
+    adapters = {r[1] for r in serve.store_table(store) if r[0] == "adapter"}
+    rows = serve.newest_adapters(store, limit=5)
+    assert len(rows) == 5 and {r["repo_id"] for r in rows} <= adapters
+    assert [r["updated"] for r in rows] == sorted((r["updated"] for r in rows), reverse=True)
+    newest = _push_adapter_with_metric(store, tmp_path)
+    (first, *_) = serve.newest_adapters(store, limit=5)
+    assert first["repo_id"] == newest
+    assert (first["metric"][0], first["metric"][1]) == ("abs_rel", pytest.approx(0.1234))
+    link = urlsplit(first["link"])
+    assert link.path == "/spaces/depth/" and parse_qs(link.query)["adapter"] == [newest]
+    page = serve.adapters_html(store)
+    assert f'data-repo="{newest}"' in page and "abs_rel 0.1234" in page
+    assert page.count('class="hubkit-adapter"') == 8
+
+
+def test_store_line_counts_and_hub_state(bootstrapped, monkeypatch):
+    store = bootstrapped
+    kinds = [row[0] for row in serve.store_table(store)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = serve.store_line(store, serve.HubCheck())
+    assert (
+        f"{kinds.count('model')} models, {kinds.count('adapter')} adapters, {kinds.count('dataset')} data sets" in line
+    )
+    assert str(store.root) in line and 'data-hub="offline"' in line and "HF_HUB_OFFLINE=1" in line
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    check = serve.HubCheck(timeout=1.0)
+    monkeypatch.setattr(check, "URL", f"http://127.0.0.1:{free_port()}/")  # nothing listens there
+    assert 'data-hub="unreachable"' in serve.store_line(store, check, wait=5)
+    assert check.result() == "unreachable"  # cached: no second request
+
+
+def test_landing_page_has_the_new_sections(bootstrapped, spaces_dir):
+    from fastapi.testclient import TestClient
+
+    with TestClient(serve.build_app(spaces_dir=spaces_dir)) as client:
+        config = client.get("/config").json()
+        values = " ".join(str(c["props"].get("value")) for c in config["components"])
+        assert 'class="hubkit-store"' in values and 'class="hubkit-adapters"' in values
+        assert "hubkit-tiny/" in values  # the newest adapters of the bootstrapped store
+        assert {fn["api_name"] for fn in config["dependencies"]} >= {"spaces", "newest_adapters", "store_status"}
+        assert "Everything in the store" in str(config)
+
+
+# -- Streamlit Spaces as their own processes ---------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def streamlit_dir(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    root = tmp_path / "spaces"
+    write_space(root, "gallery", STREAMLIT_SPACE, readme("Gallery", "streamlit", "every adapter"))
+    return root
+
+
+def test_streamlit_space_runs_as_its_own_process_and_stops(streamlit_dir, monkeypatch):
+    import httpx
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("HUBKIT_HUB", "local")
+    app = serve.build_app(spaces_dir=streamlit_dir, start_processes=True, port=7999)
+    (entry,) = app.state.spaces
+    with TestClient(app) as client:
+        process = entry.process
+        pid = process.pid
+        _wait(lambda: process.state[0] == "ok", 90, f"streamlit did not start: {process.state} {process.log_tail(5)}")
+        env = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        assert env["HUBKIT_SERVER_URL"] == "http://127.0.0.1:7999"
+        assert env["HUBKIT_HUB"] == "local" and env["HUBKIT_HOME"]
+        assert client.get("/api/health").json()["spaces"]["gallery"] == "ok"
+        redirect = client.get("/spaces/gallery/", follow_redirects=False)
+        assert redirect.status_code == 307 and redirect.headers["location"] == f"http://testserver:{process.port}/"
+        tile = serve.space_tiles(app.state.spaces)  # what the page's load event draws on each visit
+        assert 'data-space="gallery" data-kind="streamlit" data-state="ok"' in tile
+        assert f'href="http://127.0.0.1:{process.port}/"' in tile
+        assert httpx.get(process.url(), timeout=10).status_code == 200  # Streamlit's own page
+    assert not _alive(pid), "the Streamlit process outlived the server"
+
+
+def test_streamlit_process_that_dies_shows_broken(streamlit_dir):
+    import os
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    app = serve.build_app(spaces_dir=streamlit_dir, start_processes=True)
+    (entry,) = app.state.spaces
+    with TestClient(app) as client:
+        os.kill(entry.process.pid, signal.SIGKILL)
+        _wait(lambda: entry.process.state[0] == "broken", 30, "the death was not noticed")
+        assert "exited with code -9" in entry.process.state[1]
+        assert client.get("/api/health").json()["spaces"]["gallery"].startswith("error: its streamlit process exited")
+        page = client.get("/spaces/gallery/", follow_redirects=False)
+        assert page.status_code == 502 and "exited with code -9" in page.text and "Traceback" not in page.text
+        assert 'data-space="gallery" data-kind="streamlit" data-state="broken"' in serve.space_tiles(app.state.spaces)
+
+
+def test_streamlit_process_that_never_answers_is_broken(streamlit_dir, monkeypatch):
+    monkeypatch.setattr(serve.StreamlitProcess, "_answers", lambda self: False)  # as if it hung at start
+    (space,) = serve.discover_spaces(streamlit_dir)
+    process = serve.StreamlitProcess(space, start_timeout=1.0).start()
+    try:
+        _wait(lambda: process.state[0] == "broken", 30, "no time-out")
+        assert process.state[1] == "its streamlit server did not answer within 1 s"
+    finally:
+        process.stop()
+    assert not _alive(process.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_hubkit_serve_stops_streamlit_on_signal(streamlit_dir, isolated_home, tmp_path, signame):
+    """`hubkit serve` in a subprocess, stopped with SIGTERM or Ctrl-C (SIGINT): no orphan Streamlit server."""
+    import os
+    import signal
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "HUBKIT_HOME": str(isolated_home), "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "-m", "hubkit", "serve", "--port", str(port), "--spaces-dir", str(streamlit_dir),
+           "--no-bootstrap"]  # fmt: skip
+    with open(tmp_path / "serve.log", "w+b") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+
+            def gallery_ok() -> bool:
+                assert proc.poll() is None, "hubkit serve exited"
+                try:
+                    health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).json()
+                except httpx.HTTPError:
+                    return False
+                return health["spaces"]["gallery"] == "ok"
+
+            _wait(gallery_ok, 120, "the gallery did not start")
+            children = [
+                int(p.name)
+                for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _ppid(p) == proc.pid and "streamlit" in _cmdline(p)
+            ]
+            assert len(children) == 1
+            proc.send_signal(getattr(signal, signame))
+            assert proc.wait(timeout=30) is not None
+            _wait(lambda: not _alive(children[0]), 15, f"streamlit outlived hubkit serve ({signame})")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:
+        return int(proc_dir.joinpath("stat").read_text().split(")")[-1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return proc_dir.joinpath("cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""

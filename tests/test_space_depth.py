@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +125,8 @@ def test_adapters_change_the_map_without_reloading_the_base(store, images, monke
     lora0 = np.load(first["npy"])
     lora1 = np.load(second["npy"])  # the first adapter listed gives the headline outputs
     lora0_again = np.load(next(p for p in second["files"] if p.name == f"{LORA0.replace('/', '--')}.depth.npy"))
-    assert np.array_equal(np.load(first["files"][1]), base_depth)  # the base output is the same beside an adapter
+    beside = np.load(first["files"][1])  # the base output is the same beside an adapter (another row of one pass)
+    assert np.allclose(beside, base_depth, rtol=1e-4, atol=1e-5 * np.abs(base_depth).max())
     assert not np.allclose(lora0, base_depth, rtol=1e-3, atol=0) and not np.allclose(lora1, lora0, rtol=1e-3, atol=0)
     assert np.array_equal(lora0_again, lora0)  # switching away and back gives the same map
     assert not np.array_equal(first["adapted"], first["base"])
@@ -214,7 +217,7 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
         assert [c[0] for c in adapter_menu["choices"]] == [LORA0, LORA1]
 
         def predict(path, adapters=(LORA0,)):
-            return client.predict(handle_file(str(path)), TINY_BASE, list(adapters), 150, None, None, None,
+            return client.predict(handle_file(str(path)), TINY_BASE, list(adapters), 150, None, None, None, True,
                                   api_name="/predict")  # fmt: skip
 
         base_img, adapted, others, files, info = predict(images["camera"])
@@ -244,7 +247,7 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
         depth = handler(demo, "predict").__globals__["depth"]
         depth.outputs.keep = 1
         raw = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-        args = (handle_file(str(images["camera"])), TINY_BASE, [LORA0], None, None, None, None)
+        args = (handle_file(str(images["camera"])), TINY_BASE, [LORA0], None, None, None, None, True)
         first = raw.predict(*args, api_name="/predict")[3]
         raw.predict(*args, api_name="/predict")
         root = depth.outputs.root
@@ -359,3 +362,262 @@ def test_request_folders_go_at_interpreter_exit(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- batching, mixed adapters, bad inputs and load over the real HTTP API (issue 14) ---------------------------
+def test_mixed_adapter_batch_matches_each_adapter_alone(store, images):
+    demo = DepthDemo(device="cpu")
+    asks = [(images["astronaut"], [LORA0]), (images["astronaut"], [LORA1]), (images["rgba"], [LORA1, LORA0]),
+            (images["astronaut"], [])]  # fmt: skip
+    requests = [demo.check(path, TINY_BASE, adapters, files=i != 0) for i, (path, adapters) in enumerate(asks)]
+    assert not demo.is_loaded(TINY_BASE) and demo.passes == deque()  # checks load nothing
+    results = demo.run_batch(requests)
+    assert not any(isinstance(r, BaseException) for r in results)
+    predictor = demo.predictor(TINY_BASE)
+    names = {repo: repo.replace("/", "--") for repo in (LORA0, LORA1)}
+    for (path, adapters), request, result in zip(asks, requests, results, strict=True):
+        alone = {"base": predictor.predict(request.image, adapter="base")}
+        alone |= {repo: predictor.predict(request.image, adapter=names[repo]) for repo in adapters}
+        assert set(result["range"]) == set(alone)
+        for key, prediction in alone.items():
+            _, span, _ = demo.render(prediction)
+            assert np.allclose(span, result["range"][key], rtol=1e-3, atol=1e-4), (path.name, key)
+            if result["files"]:
+                stem = "base" if key == "base" else names[key]
+                ours = np.load(next(p for p in result["files"] if p.name == f"{stem}.depth.npy"))
+                scale = float(np.abs(prediction.depth).max())
+                assert np.allclose(ours, prediction.depth, rtol=1e-3, atol=1e-4 * scale), (path.name, key)
+    assert not np.allclose(results[0]["range"][LORA0], results[1]["range"][LORA1])  # rows kept their adapters
+    # Two passes: the 256x256 astronaut's rows (2 + 2 + 1, three adapters mixed) and the RGBA coffee's 3 rows.
+    assert sorted(demo.passes) == [3, 5]
+    assert results[0]["files"] == [] and results[0]["npy"] is None  # downloads only when asked
+    assert len(results[2]["files"]) == 6 and results[2]["ply"] is None  # PNG + .npy per map; no .ply without K
+
+
+def test_microbatcher_batches_concurrent_calls_and_isolates_errors():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hubkit.spaces_support import MicroBatcher
+
+    gate = threading.Event()
+
+    def run_batch(items):
+        gate.wait(5)  # the first batch holds the worker until every other call is queued
+        return [ValueError(f"bad {i}") if i % 5 == 4 else i * 10 for i in items]
+
+    batcher = MicroBatcher(run_batch, max_batch_size=8)
+
+    def call(i):
+        try:
+            return batcher(i)
+        except ValueError as err:
+            return str(err)
+
+    with ThreadPoolExecutor(17) as pool:
+        futures = [pool.submit(call, 0)]
+        while not batcher.sizes:  # the worker took call 0 and waits at the gate
+            threading.Event().wait(0.01)
+        futures += [pool.submit(call, i) for i in range(1, 17)]
+        while len(batcher._queue) < 16:
+            threading.Event().wait(0.01)
+        gate.set()
+        answers = [f.result(timeout=30) for f in futures]
+    assert answers == [f"bad {i}" if i % 5 == 4 else i * 10 for i in range(17)]  # each caller its own outcome
+    assert list(batcher.sizes) == [1, 8, 8]
+
+
+def test_concurrent_submits_share_forward_passes(store, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    demo = DepthDemo(device="cpu", max_batch_size=8)
+    requests = [demo.check(images["astronaut"], TINY_BASE, [(LORA0, LORA1)[i % 2]]) for i in range(8)]
+    demo.submit(requests[0])  # loads the model and both adapters' first use
+    demo.passes.clear()
+    demo.batcher.sizes.clear()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(demo.submit, requests))
+    assert all(r["adapted_id"] == (LORA0, LORA1)[i % 2] for i, r in enumerate(results))
+    assert sum(demo.batcher.sizes) == 8 and max(demo.batcher.sizes) > 1  # requests shared a batch...
+    assert sum(demo.passes) == 16 and max(demo.passes) > 2  # ... and a forward pass mixing both adapters
+
+
+def test_small_images_are_refused_with_the_minimum(store, tmp_path):
+    demo = DepthDemo(device="cpu")
+    for size in ((1, 1), (15, 300)):
+        path = tmp_path / f"{size[0]}x{size[1]}.png"
+        Image.new("RGB", size, (10, 20, 30)).save(path)
+        with pytest.raises(InvalidImageError, match=f"{size[0]}x{size[1]} px.*at least 16 px"):
+            demo.check(path, TINY_BASE, [])
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(tmp_path / "ok.png")
+    result = demo.run(tmp_path / "ok.png", TINY_BASE, [], files=False)
+    assert result["base"].shape[1] == 160 and result["files"] == []  # the legend keeps its minimum width
+
+
+def test_legend_scales_with_the_image():
+    small, big = viz.depth_legend(0.0, 1.0, "relative", width=200), viz.depth_legend(0.0, 1.0, "relative", width=3000)
+    assert small.shape[1] == 200 and big.shape[1] == 3000
+    assert big.shape[0] >= 5 * small.shape[0]  # bar and labels grow with the width, so they stay readable scaled down
+    dark = (big.min(axis=2) < 100).any(axis=1)  # rows holding dark text / ticks
+    assert dark[big.shape[0] // 2 :].sum() > 20  # the labels are tall strokes, not a hairline
+
+
+@contextlib.contextmanager
+def served(monkeypatch, batch: bool = True):
+    """The depth app (build_demo(batch)) on a free port; yields its URL."""
+    from hubkit import serve
+
+    space, _ = load_app(monkeypatch)
+    app = serve._import_app_module(space)
+    demo = app.build_demo(batch=batch)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", app
+    finally:
+        demo.close()
+
+
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    """Uploads people send that this Space must refuse, each with its own message."""
+    files = {name: tmp_path / f"{stem}.png" for name, stem in
+             [("not an image", "notes"), ("empty", "empty"), ("truncated", "truncated"), ("1x1", "one")]}  # fmt: skip
+    files["not an image"].write_text("meeting notes, not a photo")
+    files["empty"].write_bytes(b"")
+    good = tmp_path / "good.png"
+    Image.fromarray(data.astronaut()[::4, ::4]).save(good)
+    files["truncated"].write_bytes(good.read_bytes()[:400])
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(files["1x1"])
+    files["huge"] = huge_png(tmp_path / "huge.png")
+    return files
+
+
+def good_files(tmp_path: Path) -> dict[str, Path]:
+    """Uploads that look odd but are photos: converted, not refused."""
+    files = {"16-bit": tmp_path / "sixteen.png", "RGBA": tmp_path / "rgba.png", "CMYK": tmp_path / "cmyk.jpg",
+             "animated GIF": tmp_path / "anim.gif"}  # fmt: skip
+    Image.fromarray((data.coins().astype(np.uint16) * 257)[::4, ::4]).save(files["16-bit"])
+    coffee = data.coffee()[::4, ::4]
+    Image.fromarray(np.dstack([coffee, np.full(coffee.shape[:2], 128, np.uint8)])).save(files["RGBA"])
+    Image.fromarray(coffee).convert("CMYK").save(files["CMYK"])
+    frames = [Image.fromarray(np.roll(coffee, 10 * i, axis=1)) for i in range(3)]
+    frames[0].save(files["animated GIF"], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return files
+
+
+def test_bad_input_sweep_over_http(store, tmp_path, monkeypatch):
+    """Thirteen kinds of bad input through the real HTTP API: each a one-line message, and the server still serves."""
+    import httpx
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    with served(monkeypatch) as (url, _):
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+        def predict(image, base=TINY_BASE, adapters=(LORA0,), fx=None):
+            return client.predict(image, base, list(adapters), fx, None, None, None, False, api_name="/predict")
+
+        expected = {
+            "not an image": "not an image this demo can read",
+            "empty": r"empty file \(0 bytes\)",
+            "truncated": "not an image this demo can read|not a readable image",
+            "huge": "takes at most 50 MP",
+            "1x1": "at least 16 px on each side",
+        }
+        messages = {}
+        for kind, path in bad_files(tmp_path).items():
+            with pytest.raises(AppError, match=expected[kind]) as err:
+                predict(handle_file(str(path)))
+            messages[kind] = str(err.value)
+        good = handle_file(str(tmp_path / "good.png"))
+        api_cases = {
+            "unknown base": (dict(image=good, base="nobody/no-such-depth"), "not offered here"),
+            "server path as adapter": (dict(image=good, adapters=["/etc/passwd"]), "not available on this server"),
+            "unknown adapter": (dict(image=good, adapters=["nobody/missing-lora"]), "not available on this server"),
+            "adapter of wrong type": (dict(image=good, adapters=[{"path": "/etc"}]), "not available on this server"),
+            "base of wrong type": (dict(image=good, base=12), "base must be a model id"),
+            "intrinsics of wrong type": (dict(image=good, fx="wide"), "fx must be a number"),
+            "no image": (dict(image=None), "No image given"),
+        }
+        for kind, (kwargs, pattern) in api_cases.items():
+            with pytest.raises(AppError, match=pattern) as err:
+                predict(**kwargs)
+            messages[kind] = str(err.value)
+        # a missing argument over plain HTTP: refused before any handler runs
+        response = httpx.post(url + "gradio_api/call/predict", json={"data": [None, TINY_BASE]}, timeout=30)
+        if response.status_code == 200:
+            event = response.json()["event_id"]
+            stream = httpx.get(url + f"gradio_api/call/predict/{event}", timeout=60).text
+            assert "event: error" in stream
+            messages["missing arguments"] = stream
+        else:
+            assert response.status_code in (400, 422)
+            messages["missing arguments"] = response.text
+        assert len(messages) >= 13
+        for kind, message in messages.items():
+            assert "Traceback" not in message and str(tmp_path) not in message, (kind, message)
+
+        for kind, path in good_files(tmp_path).items():  # odd but valid: converted, answered
+            base_map, adapted, *_ = predict(handle_file(str(path)))
+            with Image.open(base_map) as picture:
+                assert picture.width >= 160, kind
+        base_map, adapted, _, _, info = predict(good)  # and the server still answers a good request
+        assert adapted["label"] == f"Adapted: {LORA0}" and "relative" in info
+
+
+def _gradio_call(client, url: str, data: list) -> dict:
+    """One call through /gradio_api/call/predict (POST, then read the event stream); the parsed result or error."""
+    import json
+
+    response = client.post(url + "gradio_api/call/predict", json={"data": data})
+    response.raise_for_status()
+    event = response.json()["event_id"]
+    kind, payload = None, None
+    with client.stream("GET", url + f"gradio_api/call/predict/{event}") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: ") and kind in ("complete", "error"):
+                payload = json.loads(line[len("data: ") :]) if kind == "complete" else line
+                break
+    return {"kind": kind, "data": payload}
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_clients(store, tmp_path, monkeypatch):
+    """50 clients at once on the batched Space (httpx on /gradio_api/): all answered, within a generous bound."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    with served(monkeypatch) as (url, app):
+        path = tmp_path / "photo.png"
+        Image.fromarray(data.astronaut()[::4, ::4]).save(path)
+        with httpx.Client(timeout=120) as http:
+            uploaded = http.post(url + "gradio_api/upload", files={"files": ("photo.png", path.read_bytes())}).json()
+            image = {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}, "orig_name": "photo.png"}
+            assert _gradio_call(http, url, [image, TINY_BASE, [LORA0], None, None, None, None, False])["kind"] == (
+                "complete"
+            )  # the model loads once, outside the measurement
+        app.depth.batcher.sizes.clear()
+
+        def client(i: int) -> float:
+            started = time.perf_counter()
+            with httpx.Client(timeout=120) as http:
+                answer = _gradio_call(http, url, [image, TINY_BASE, [(LORA0, LORA1)[i % 2]], None, None, None, None,
+                                                  False])  # fmt: skip
+            assert answer["kind"] == "complete", answer
+            assert answer["data"][1]["label"] == f"Adapted: {(LORA0, LORA1)[i % 2]}"
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(50) as pool:
+            latencies = sorted(pool.map(client, range(50)))
+        wall = time.perf_counter() - started
+    p50, p95 = statistics.median(latencies), latencies[int(0.95 * len(latencies)) - 1]
+    sizes = list(app.depth.batcher.sizes)
+    print(f"\n50 clients: 0 errors, {50 / wall:.1f} calls/s, p50 {p50:.2f} s, p95 {p95:.2f} s, batches {sizes}")
+    assert len(latencies) == 50 and wall < 300
+    assert sum(sizes) == 50 and max(sizes) > 1  # concurrent requests shared passes

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from .. import hub
 from ..errors import ConfigError, HubkitError
-from ..spaces_support import RequestDirs, check_upload
+from ..spaces_support import MicroBatcher, RequestDirs, check_upload
 
 logger = logging.getLogger(__name__)
 TASK = "plant-disease"
@@ -30,6 +31,7 @@ MODELS_ENV = "HUBKIT_PLANT_MODELS"  # more model ids a request may load (comma-s
 DESCRIPTIONS_FILE = "descriptions.json"  # {class: reference description}, written by the plant_vlm recipe
 MAX_TEXT = 1000  # characters of symptom text a request may send
 MAX_TOP_K = 20
+CONCURRENCY = 16  # requests the Space runs at once: enough to fill a batch of 8 while the previous one runs
 MODEL_NOT_AVAILABLE = (
     "That model is not available here: pick one from the Model menus (PlantVLM models in this server's store, "
     "plus those the operator lists in HUBKIT_PLANT_MODELS)."
@@ -72,10 +74,15 @@ def _is_plant_model(folder: Path) -> bool:
 class PlantDemo:
     """Lists PlantVLM models in the local store and answers requests with one or two of them."""
 
-    def __init__(self, *, device: str = "cpu", pool=None):
+    def __init__(self, *, device: str = "cpu", pool=None, max_batch_size: int = 8):
         self.device = device
         self._pool = pool
-        self.outputs = RequestDirs("hubkit-plant-")
+        # a request's folder must outlive its handler until Gradio copies the file: keep several times the requests
+        # that run at once (the Space's concurrency_limit, CONCURRENCY)
+        self.outputs = RequestDirs("hubkit-plant-", keep=4 * CONCURRENCY)
+        self.max_batch_size = max_batch_size
+        self._batchers: dict[str, MicroBatcher] = {}  # model id -> its batcher (requests arriving together share
+        self._batchers_lock = threading.Lock()  # one forward pass; each still gets its own answer or error)
 
     @property
     def pool(self):
@@ -106,6 +113,13 @@ class PlantDemo:
         models = self.available_models()
         return models[:2]
 
+    def loaded(self, *models: str | None) -> bool:
+        """Whether every named model is already in the pool (False: this request loads one, say so first)."""
+        try:
+            return all(self.pool.peek(TASK, m, device=self.device) is not None for m in models if m)
+        except (HubkitError, OSError, ValueError):
+            return True  # a name the run will refuse: nothing to load
+
     # -- a request --------------------------------------------------------------------------------------------
     def run(
         self,
@@ -115,10 +129,12 @@ class PlantDemo:
         models: list[str | None] | None = None,
         top_k: int = 5,
         describe: bool = False,
+        batch: bool = False,
     ) -> PlantRun:
         """Top-k classes from each picked model (one or two; the same model twice runs once). Raises
         InvalidImageError for an unusable upload, ConfigError for bad options, HubkitError for a model this server
-        does not offer — all before any model loads."""
+        does not offer — all before any model loads. `batch`: this request may share a forward pass with others
+        running at the same time (up to `max_batch_size`; the Space's default)."""
         pil = check_upload(image)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ConfigError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}.")
@@ -133,9 +149,11 @@ class PlantDemo:
             raise HubkitError(MODEL_NOT_AVAILABLE)
         run = PlantRun(text=text)
         for name in picked:
-            predictor = self.pool.predictor(TASK, name, device=self.device)
             start = time.perf_counter()
-            prediction = predictor.predict(pil, texts=[text], top_k=top_k, generate_description=describe)
+            if batch:
+                prediction = self._batcher(name)((pil, text, top_k, describe))
+            else:
+                prediction = self._predict_many(name, [(pil, text, top_k, describe)])[0]
             seconds = time.perf_counter() - start
             labels = list(prediction.labels)
             reference = self.reference(name, labels[0]) if labels else None
@@ -149,6 +167,30 @@ class PlantDemo:
         out.write_text(json.dumps(self.as_dict(run), ensure_ascii=False, indent=2) + "\n")
         run.files = [out]
         return run
+
+    def _batcher(self, model: str) -> MicroBatcher:
+        with self._batchers_lock:
+            if model not in self._batchers:
+                self._batchers[model] = MicroBatcher(
+                    lambda items: self._predict_many(model, items),
+                    max_batch_size=self.max_batch_size,
+                    name=f"plant-batcher-{model}",
+                )
+            return self._batchers[model]
+
+    def _predict_many(self, model: str, items: list[tuple]) -> list:
+        """Predictions for (image, text, top_k, describe) items with one forward pass per (top_k, describe)."""
+        predictor = self.pool.predictor(TASK, model, device=self.device)
+        out: list = [None] * len(items)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, (_, _, top_k, describe) in enumerate(items):
+            groups.setdefault((top_k, describe), []).append(i)
+        for (top_k, describe), rows in groups.items():
+            predictions = predictor.predict([items[i][0] for i in rows], texts=[items[i][1] for i in rows],
+                                            top_k=top_k, generate_description=describe)  # fmt: skip
+            for i, prediction in zip(rows, predictions, strict=True):
+                out[i] = prediction
+        return out
 
     def reference(self, model: str, label: str) -> str | None:
         """The model's reference description of `label` (descriptions.json in its repo), if it has one."""

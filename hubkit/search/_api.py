@@ -33,6 +33,7 @@ TOKEN_ENV = "HUBKIT_SEARCH_TOKEN"
 DEFAULT_INDEX = "hubkit-demo/garment-index"
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 MAX_K = 50
+MAX_PIXELS = 50_000_000  # checked from the header, before decoding: a small file can claim a huge image
 _URL = re.compile(r"^\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _METADATA_FIELDS = ("category", "colour", "name")
 
@@ -69,12 +70,18 @@ def decode_image(data: bytes) -> Image.Image:
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ApiError(
+                    413, f"The image is {img.width}x{img.height} pixels; send at most {MAX_PIXELS // 1_000_000} MP"
+                )
             image = to_pil(img)
             image.load()
             return image.convert("RGB")
     except HubkitError as err:
         raise ApiError(400, f"The upload is not a usable image: {err}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:
+        raise ApiError(413, f"The image has too many pixels; send at most {MAX_PIXELS // 1_000_000} MP") from None
+    except (OSError, ValueError) as err:
         raise ApiError(
             400, f"The upload is not a readable image ({type(err).__name__}); send a PNG, JPEG or WebP"
         ) from None

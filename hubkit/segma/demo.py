@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
@@ -278,13 +278,16 @@ class SegmaDemo:
         box_threshold: float = 0.25,
         text_threshold: float = 0.2,
         file_name: str | None = None,
+        progress: Callable[[float, str], None] | None = None,
     ) -> SegmaRun:
         """Label `image` (path, PIL image or array) with the bases (stage -> repo id; missing: the defaults) and
         at most one adapter per stage. With an adapter, the base models' result comes too (`SegmaRun.base`).
 
         Raises InvalidImageError for an unusable upload, HubkitError for a base or adapter this server does not
-        offer, ConfigError for a bad preset / domain / threshold; all before any model loads.
+        offer, ConfigError for a bad preset / domain / threshold; all before any model loads. `progress(share,
+        what)` hears of each pass (the models load in the first one).
         """
+        say = progress or (lambda share, what: None)
         started = time.perf_counter()
         pil = check_upload(image, max_pixels=self.max_pixels)
         domain = None if domain in (None, "", "none") else domain
@@ -309,6 +312,8 @@ class SegmaDemo:
             "text_threshold": text_threshold,
         }
         pipeline = self.pipeline(chosen, folders, **fields)  # bad fields fail here, before any model loads
+        passes = 2 if folders else 1
+        say(0.0, "Labelling: caption, classes, boxes, masks (the first run loads the models)")
         result = pipeline.run(pil)
         for stage, name in names.items():  # the adapter as the user named it, not its folder in the store
             if stage in result.models:
@@ -318,6 +323,7 @@ class SegmaDemo:
             # The labeler stage ignores base_only (it always uses its first adapter), so its adapter is left out
             # here: the pool then runs it with adapters off, which is what base_only means.
             base_adapters = {stage: f for stage, f in folders.items() if stage != "labeler"}
+            say(1 / passes, "Labelling again with the base models (adapters off)")
             base = self.pipeline(chosen, base_adapters, base_only=True, **fields).run(pil)
         run = SegmaRun(
             run_id=uuid.uuid4().hex,
@@ -329,6 +335,7 @@ class SegmaDemo:
             tiny=any(_is_tiny(b) for b in chosen.values()),
             seconds=0.0,
         )
+        say(0.95, "Writing COCO JSON, label.json and the features CSV")
         run.files = self.write_files(run)
         run.seconds = time.perf_counter() - started
         return run

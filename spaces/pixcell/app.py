@@ -11,26 +11,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
 from hubkit.pixcell.demo import MAX_IMAGES, MAX_STEPS, PixCellDemo
 from hubkit.pixcell.sampling import SAMPLERS
-from hubkit.spaces_support import check_upload, clean_on_shutdown
+from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
 
+EXAMPLE_URL = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"  # for the API page
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
 pixcell = PixCellDemo()
 
 
-def menus(base: str | None = None):
+def menus(base: str | None = None, request: gr.Request = None):
+    """Bases and adapters in the store; on page load `?base=&adapter=` in the URL preselects offered ones."""
     bases = pixcell.available_bases()
-    base = base if base in bases else bases[0]
-    return gr.Dropdown(choices=bases, value=base), adapters_for(base)
+    linked = base is None  # the page load; a refresh passes the current base and keeps it
+    base = (linked and query_choice(request, "base", bases)) or (base if base in bases else bases[0])
+    wanted = query_choice(request, "adapter", pixcell.available_adapters(base)) if linked else None
+    return gr.Dropdown(choices=bases, value=base), adapters_for(base, wanted)
 
 
-def adapters_for(base: str | None):
+def adapters_for(base: str | None, wanted: str | None = None):
     adapters = pixcell.available_adapters(base)
     return gr.Dropdown(choices=[("(none: base only)", ""), *((a, a) for a in adapters)],
-                       value=adapters[0] if adapters else "")  # fmt: skip
+                       value=wanted if wanted in adapters else (adapters[0] if adapters else ""))  # fmt: skip
+
+
+def repo_id_in_api(dropdown: gr.Dropdown, what: str, example: str) -> gr.Dropdown:
+    """The API page shows a menu filled at page load as a repo id string (its choices are empty at build time)."""
+    dropdown.api_info = lambda: {"type": "string", "description": what}
+    dropdown.example_payload = dropdown.example_value = lambda: example
+    return dropdown
 
 
 def preview(image):
@@ -43,6 +55,8 @@ def preview(image):
 
 
 def generate(image, base, adapter, sampler, steps, guidance, count, seed, progress=gr.Progress()):  # noqa: B008
+    if pixcell.pool.peek("histology-generation", base or pixcell.default_base(), device=pixcell.device) is None:
+        progress(0.0, desc="Loading the model (first request only)…")
     try:
         run = pixcell.run(image, base=base or None, adapter=adapter or None, sampler=sampler,
                           num_inference_steps=int(steps), guidance_scale=float(guidance), num_images=int(count),
@@ -56,6 +70,7 @@ def generate(image, base, adapter, sampler, steps, guidance, count, seed, progre
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="hubkit · PixCell") as demo:
+        gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
             "# PixCell: H&E patches in your stain style\n"
             "Upload a histology patch (or pick an example). Its pathology-encoder embedding conditions the diffusion "
@@ -64,18 +79,22 @@ def build_demo() -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.File(label="H&E patch", file_types=["image"], type="filepath", elem_id="pixcell-upload")
+                image.example_payload = lambda: handle_file(EXAMPLE_URL)  # the API page's example: an image,
+                image.example_value = lambda: EXAMPLE_URL  # not gradio's sample PDF
                 shown = gr.Image(label="Input", interactive=False, height=200, format="png")
                 gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
-                base = gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True,
-                                   elem_id="pixcell-base")  # fmt: skip
-                adapter = gr.Dropdown(label="Adapter", choices=[], value=None, allow_custom_value=True,
-                                      elem_id="pixcell-adapter")  # fmt: skip
+                base = repo_id_in_api(gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True,
+                                                  elem_id="pixcell-base"), "a base repo id from /menus",
+                                      "hubkit-tiny/pixcell")  # fmt: skip
+                adapter = repo_id_in_api(gr.Dropdown(label="Adapter", choices=[], value=None, allow_custom_value=True,
+                                                     elem_id="pixcell-adapter"),
+                                         'an adapter repo id from /menus, or "" for the base only', "")  # fmt: skip
                 with gr.Row():
                     sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value="dpm++")
-                    steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+                    steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps", elem_id="pixcell-steps")
                 with gr.Row():
                     guidance = gr.Slider(0, 10, value=1.5, step=0.1, label="Guidance")
-                    count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Samples (N)")
+                    count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Samples (N)", elem_id="pixcell-count")
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
                 refresh = gr.Button("↻ Refresh models")
                 run = gr.Button("Generate", variant="primary", elem_id="pixcell-run")
@@ -84,7 +103,7 @@ def build_demo() -> gr.Blocks:
                                       elem_id="pixcell-base-samples")  # fmt: skip
                 adapted_out = gr.Gallery(label="Adapted samples", columns=4, height=260, format="png",
                                          elem_id="pixcell-adapted-samples")  # fmt: skip
-                info = gr.Markdown(elem_id="pixcell-info")
+                info = gr.Markdown(label="Summary", elem_id="pixcell-info")
                 files = gr.File(label="Downloads (PNG)", file_count="multiple", elem_id="pixcell-files")
 
         image.change(preview, inputs=image, outputs=shown, api_name="preview")
@@ -96,6 +115,7 @@ def build_demo() -> gr.Blocks:
             inputs=[image, base, adapter, sampler, steps, guidance, count, seed],
             outputs=[base_out, adapted_out, info, files],
             api_name="generate",
+            concurrency_limit=2,  # sampling is long and CPU-bound: more at once only slows every request down
         )
     clean_on_shutdown(demo, pixcell.outputs)
     return demo

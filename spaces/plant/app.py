@@ -7,22 +7,34 @@ Models load on the first request, not at import; the logic lives in hubkit.plant
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gradio as gr
+from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
-from hubkit.plant.demo import MAX_TOP_K, PlantDemo
-from hubkit.spaces_support import check_upload, clean_on_shutdown
+from hubkit.plant.demo import CONCURRENCY, MAX_TOP_K, PlantDemo
+from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
 
+EXAMPLE_URL = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"  # for the API page
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
 plant = PlantDemo()
 
 
-def menus():
+def menus(request: gr.Request = None):
+    """Both model menus; on page load `?base=` (Model A) and `?adapter=` (Model B) preselect offered models."""
     models = plant.available_models()
     first, second = (plant.default_models() + [None, None])[:2]
+    first, second = query_choice(request, "base", models) or first, query_choice(request, "adapter", models) or second
     return gr.Dropdown(choices=models, value=first), gr.Dropdown(choices=models, value=second)
+
+
+def model_id_in_api(dropdown: gr.Dropdown) -> gr.Dropdown:
+    """The API page shows a model menu as a repo id string: its choices come from the store at page load."""
+    dropdown.api_info = lambda: {"type": "string", "description": "a PlantVLM repo id from /menus"}
+    dropdown.example_payload = dropdown.example_value = lambda: "hubkit-tiny/plant-vlm"
+    return dropdown
 
 
 def preview(image):
@@ -34,10 +46,12 @@ def preview(image):
         raise gr.Error(f"{err}", title="Not a usable image") from None
 
 
-def predict(image, camera, text, model_a, model_b, top_k, describe):
+def predict(image, camera, text, model_a, model_b, top_k, describe, batch=True, progress=gr.Progress()):  # noqa: B008
+    if not plant.loaded(model_a, model_b):
+        progress(0.0, desc="Loading the models (first request only)…")
     try:
         run = plant.run(camera if camera is not None else image, text=text, models=[model_a, model_b],
-                        top_k=int(top_k), describe=bool(describe))  # fmt: skip
+                        top_k=int(top_k), describe=bool(describe), batch=batch)  # fmt: skip
     except InvalidImageError as err:
         raise gr.Error(f"{err}", title="Not a usable image") from None
     except HubkitError as err:
@@ -55,8 +69,11 @@ def predict(image, camera, text, model_a, model_b, top_k, describe):
     return (*outputs, [str(p) for p in run.files])
 
 
-def build_demo() -> gr.Blocks:
+def build_demo(batch: bool = True) -> gr.Blocks:
+    """The Space. `batch`: concurrent Run requests for one model share forward passes (up to 8; each still gets its
+    own answer or error); False runs each request's forward pass on its own."""
     with gr.Blocks(title="hubkit · plant disease") as demo:
+        gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
             "# Plant disease: leaf photo + symptoms\n"
             "Upload a leaf photo or take one with the camera, add what you see (optional), and compare two models' "
@@ -66,6 +83,8 @@ def build_demo() -> gr.Blocks:
             with gr.Column(scale=1):
                 # A file input for uploads: gr.Image would decode a broken file before our code could explain it.
                 image = gr.File(label="Leaf photo", file_types=["image"], type="filepath", elem_id="plant-upload")
+                image.example_payload = lambda: handle_file(EXAMPLE_URL)  # the API page's example: an image,
+                image.example_value = lambda: EXAMPLE_URL  # not gradio's sample PDF
                 camera = gr.Image(label="…or the camera", sources=["webcam"], type="pil", height=200)
                 shown = gr.Image(label="Input", interactive=False, height=200, format="png")
                 if EXAMPLES:
@@ -73,10 +92,10 @@ def build_demo() -> gr.Blocks:
                 text = gr.Textbox(label="Symptoms (optional)", lines=2, max_lines=6,
                                   placeholder="e.g. brown spots with concentric rings on the older leaves")  # fmt: skip
                 with gr.Row():
-                    model_a = gr.Dropdown(label="Model A (base)", choices=[], value=None, allow_custom_value=True,
-                                          elem_id="plant-model-a")  # fmt: skip
-                    model_b = gr.Dropdown(label="Model B (fine-tuned)", choices=[], value=None,
-                                          allow_custom_value=True, elem_id="plant-model-b")  # fmt: skip
+                    model_a = model_id_in_api(gr.Dropdown(label="Model A (base)", choices=[], value=None,
+                                              allow_custom_value=True, elem_id="plant-model-a"))  # fmt: skip
+                    model_b = model_id_in_api(gr.Dropdown(label="Model B (fine-tuned)", choices=[], value=None,
+                                              allow_custom_value=True, elem_id="plant-model-b"))  # fmt: skip
                 with gr.Row():
                     top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top k")
                     describe = gr.Checkbox(value=True, label="Generate a description")
@@ -86,20 +105,21 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         label_a = gr.Label(label="Model A", elem_id="plant-a", show_heading=False)
-                        info_a = gr.Markdown(elem_id="plant-info-a")
+                        info_a = gr.Markdown(label="Summary A", elem_id="plant-info-a")
                     with gr.Column():
                         label_b = gr.Label(label="Model B", elem_id="plant-b", show_heading=False)
-                        info_b = gr.Markdown(elem_id="plant-info-b")
+                        info_b = gr.Markdown(label="Summary B", elem_id="plant-info-b")
                 files = gr.File(label="Download: prediction.json", file_count="multiple", elem_id="plant-files")
 
         image.change(preview, inputs=image, outputs=shown, api_name="preview")
         demo.load(menus, outputs=[model_a, model_b], api_name="menus")
         refresh.click(menus, outputs=[model_a, model_b], api_name="refresh")
         run.click(
-            predict,
+            predict if batch else functools.partial(predict, batch=False),
             inputs=[image, camera, text, model_a, model_b, top_k, describe],
             outputs=[label_a, info_a, label_b, info_b, files],
             api_name="predict",
+            concurrency_limit=CONCURRENCY,  # enough requests in flight to fill a pass of 8 while the previous one runs
         )
     clean_on_shutdown(demo, plant.outputs)
     return demo

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
 from hubkit.segma.demo import (
@@ -19,8 +20,9 @@ from hubkit.segma.demo import (
     TINY_NOTE,
     SegmaDemo,
 )
-from hubkit.spaces_support import check_upload, clean_on_shutdown
+from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
 
+EXAMPLE_URL = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"  # for the API page
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
 STAGES = tuple(STAGE_TITLES)
 NO_ADAPTER = ("none", "")
@@ -34,18 +36,27 @@ def _error(err: HubkitError) -> gr.Error:
 
 
 # -- menus ---------------------------------------------------------------------------------------------
-def adapters_for(stage: str, base: str | None):
-    return gr.Dropdown(choices=[NO_ADAPTER, *segma.available_adapters(stage, base)], value="")
+def adapters_for(stage: str, base: str | None, wanted: str | None = None):
+    adapters = segma.available_adapters(stage, base)
+    return gr.Dropdown(choices=[NO_ADAPTER, *adapters], value=wanted if wanted in adapters else "")
 
 
-def menus(*current):
-    """A base and an adapter menu per stage, from the store; the note on random-weight models when they are used."""
+def menus(*current, request=None):
+    """A base and an adapter menu per stage, from the store; the note on random-weight models when they are used.
+    On page load, `?base=&adapter=` in the URL preselects them in the stages that offer them."""
     updates, chosen = [], []
     for stage, base in zip(STAGES, current or [None] * len(STAGES), strict=True):
         bases = segma.available_bases(stage)
-        chosen.append(base if base in bases else bases[0])
-        updates += [gr.Dropdown(choices=bases, value=chosen[-1]), adapters_for(stage, chosen[-1])]
+        linked = query_choice(request, "base", bases) if not current else None
+        chosen.append(linked or (base if base in bases else bases[0]))
+        wanted = query_choice(request, "adapter", segma.available_adapters(stage, chosen[-1])) if not current else None
+        updates += [gr.Dropdown(choices=bases, value=chosen[-1]), adapters_for(stage, chosen[-1], wanted)]
     return [*updates, note_for(*chosen)]
+
+
+def linked_menus(request: gr.Request = None):
+    """The menus on page load, with what the page's URL preselects (gradio injects positional requests only)."""
+    return menus(request=request)
 
 
 def note_for(*bases) -> gr.Markdown:
@@ -88,7 +99,7 @@ def _views(run, message: str = "", region=None):
     )
 
 
-def predict(image, preset, domain, classes, *menus_and_thresholds):
+def predict(image, preset, domain, classes, *menus_and_thresholds, progress=gr.Progress()):  # noqa: B008
     """Run the pipeline; `menus_and_thresholds`: base and adapter of each stage (STAGES order), then the box and
     text thresholds."""
     *menus, box_threshold, text_threshold = menus_and_thresholds
@@ -102,6 +113,7 @@ def predict(image, preset, domain, classes, *menus_and_thresholds):
             classes=classes,
             box_threshold=box_threshold,
             text_threshold=text_threshold,
+            progress=lambda share, what: progress(share, desc=what),
         )
     except HubkitError as err:
         raise _error(err) from None
@@ -109,6 +121,16 @@ def predict(image, preset, domain, classes, *menus_and_thresholds):
     if not run.result.regions:
         note = "No region found: try other classes, a lower box threshold or another preset."
     return _views(run, note)
+
+
+def run_labelling(image, preset, domain, classes, sam_base, sam_adapter, captioner_base, captioner_adapter,
+                  labeler_base, labeler_adapter, detector_base, detector_adapter, box_threshold, text_threshold,
+                  progress=gr.Progress()):  # noqa: B008  # fmt: skip
+    """The Run event: named parameters (in STAGES order) for the API page, and gradio finds gr.Progress only among
+    named parameters."""
+    menus = [sam_base, sam_adapter, captioner_base, captioner_adapter, labeler_base, labeler_adapter, detector_base,
+             detector_adapter]  # fmt: skip
+    return predict(image, preset, domain, classes, *menus, box_threshold, text_threshold, progress=progress)
 
 
 def _decide(run, region, decision: str):
@@ -173,13 +195,14 @@ def export(dataset, repo_id, accepted_only):
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="hubkit · segma") as demo:
+        gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
             "# Segma Vision: label, review, publish\n"
             "Upload a photo or pick an example. BLIP captions it, an LLM names the classes (or give them), "
             "Grounding DINO finds them and SAM outlines them; SAM's automatic masks fill in the rest. Review the "
             "regions, add the image to your data set and push it to the store."
         )
-        note = gr.Markdown(visible=False, elem_id="segma-note")
+        note = gr.Markdown(label="Note", visible=False, elem_id="segma-note")
         run_state = gr.State(None)
         dataset_state = gr.State([])
         with gr.Row():
@@ -187,6 +210,8 @@ def build_demo() -> gr.Blocks:
                 # A file input, not gr.Image: gr.Image decodes uploads before our code runs, so a broken file
                 # would end in an opaque server error instead of the message check_upload gives.
                 image = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="segma-upload")
+                image.example_payload = lambda: handle_file(EXAMPLE_URL)  # the API page's example: an image,
+                image.example_value = lambda: EXAMPLE_URL  # not gradio's sample PDF
                 shown = gr.Image(label="Input", interactive=False, height=200, format="png")
                 gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
                 with gr.Row():
@@ -238,9 +263,14 @@ def build_demo() -> gr.Blocks:
                         visible=False,
                         elem_id="segma-base-overlay",
                     )
-                info = gr.Markdown(elem_id="segma-summary")
+                info = gr.Markdown(label="Summary", elem_id="segma-summary")
                 table = gr.Dataframe(
-                    headers=list(TABLE_HEADERS), interactive=False, wrap=True, max_height=360, elem_id="segma-regions"
+                    label="Regions table",
+                    headers=list(TABLE_HEADERS),
+                    interactive=False,
+                    wrap=True,
+                    max_height=360,
+                    elem_id="segma-regions",
                 )
                 files = gr.File(
                     label="Downloads: COCO JSON, label.json, features CSV",
@@ -259,34 +289,40 @@ def build_demo() -> gr.Blocks:
                         reject_btn = gr.Button("Reject", variant="stop", elem_id="segma-reject")
                         relabel_btn = gr.Button("Relabel", elem_id="segma-relabel")
                         accept_all_btn = gr.Button("Accept all", elem_id="segma-accept-all")
-                    review_info = gr.Markdown(elem_id="segma-review-info")
+                    review_info = gr.Markdown(label="Review", elem_id="segma-review-info")
                 with gr.Group():
                     gr.Markdown("### Data set")
                     add_btn = gr.Button("Add image to data set", elem_id="segma-add")
-                    dataset_info = gr.Markdown(elem_id="segma-dataset-info")
+                    dataset_info = gr.Markdown(label="Data set", elem_id="segma-dataset-info")
                     with gr.Row():
                         repo = gr.Textbox(
                             label="Data set repo id", placeholder="me/coins-labels", scale=3, elem_id="segma-repo"
                         )
                         accepted_only = gr.Checkbox(label="Accepted regions only", value=False, scale=1)
                         export_btn = gr.Button("Export", variant="primary", scale=1, elem_id="segma-export")
-                    export_info = gr.Markdown(elem_id="segma-export-info")
+                    export_info = gr.Markdown(label="Export", elem_id="segma-export-info")
                     archive = gr.File(
                         label="The data set as a zip", interactive=False, visible=False, elem_id="segma-archive"
                     )
 
         bases_in = menus_out[::2]
+        for menu in [*menus_out, region]:  # filled at page load: the API page shows them as strings, not Literal[]
+            menu.api_info = lambda: {"type": "string", "description": "a value from /menus (repo id; '': the default)"}
+            menu.example_payload = menu.example_value = lambda: ""  # works as shown: the default base, no adapter
         image.change(preview, inputs=image, outputs=shown, api_name="preview")
-        demo.load(menus, outputs=[*menus_out, note], api_name="menus")
+        demo.load(linked_menus, outputs=[*menus_out, note], api_name="menus")
         refresh.click(menus, inputs=bases_in, outputs=[*menus_out, note], api_name="refresh")
         for stage, base, adapter in zip(STAGES, bases_in, menus_out[1::2], strict=True):
             base.input(base_changed(stage), inputs=bases_in, outputs=[adapter, note], api_name=f"base_{stage}")
         views = [run_state, adapted_out, base_out, info, table, files, region, review_info]
+        if STAGES != ("sam", "captioner", "labeler", "detector"):  # run_labelling's parameter order
+            raise RuntimeError(f"run_labelling expects the stages sam, captioner, labeler, detector; got {STAGES}")
         run.click(
-            predict,
+            run_labelling,
             inputs=[image, preset, domain, classes, *menus_out, box_threshold, text_threshold],
             outputs=views,
             api_name="run",
+            concurrency_limit=2,  # five models per run: more at once only slows every request down
         )
         accept_btn.click(accept, inputs=[run_state, region], outputs=views, api_name="accept")
         reject_btn.click(reject, inputs=[run_state, region], outputs=views, api_name="reject")
