@@ -610,71 +610,16 @@ def store_line(store, hub_check: HubCheck, *, wait: float = 0.0) -> str:
     )
 
 
-def _gallery_api():
-    """`hubkit.gallery`'s list_entries / headline_metric / space_link, or None without that module."""
-    try:
-        from . import gallery
-    except ImportError:
-        return None
-    try:
-        return gallery.list_entries, gallery.headline_metric, gallery.space_link
-    except AttributeError:
-        return None
-
-
-TASK_SPACES = {"depth-estimation": "depth", "image-to-image": "pixcell", "text-to-image": "pixcell",
-               "mask-generation": "segma", "zero-shot-object-detection": "segma", "image-to-text": "segma",
-               "image-classification": "plant", "image-feature-extraction": "search"}  # fmt: skip
-
-
-def _fallback_adapters(store) -> list[dict]:
-    """Without hubkit.gallery: adapters from their head revision's files and card (model-index, pipeline_tag)."""
-    from urllib.parse import urlencode
-
-    from .cards import card_summary, read_card
-
-    found = []
-    for ref in store.list_repos():
-        revs = store.list_revisions(ref.repo_id, repo_type=ref.repo_type)
-        if not revs or _repo_kind(ref, revs[0]) != "adapter":
-            continue
-        metric, base, space = None, None, None
-        if "README.md" in revs[0].files:
-            try:
-                summary = card_summary(read_card(store.pull(ref.repo_id, include=["README.md"])))
-            except Exception:  # one bad card must not hide the others
-                summary = {}
-            results = summary.get("eval_results") or []
-            metric = (results[0]["metric"], results[0]["value"]) if results else None
-            base = summary.get("base_model")
-            space = TASK_SPACES.get(summary.get("pipeline_tag") or "")
-        link = None
-        if space:
-            query = {"adapter": ref.repo_id} | ({"base": str(base)} if isinstance(base, str) else {})
-            link = f"/spaces/{space}/?{urlencode(query)}"
-        found.append({"repo_id": ref.repo_id, "updated": revs[0].time, "metric": metric, "link": link,
-                      "base": base if isinstance(base, str) else None})  # fmt: skip
-    return found
-
-
 def newest_adapters(store, limit: int = 8) -> list[dict]:
     """The newest adapters: repo_id, updated, metric ((name, value) or None), link (a Space, preselected), base."""
-    api = _gallery_api()
-    if api is None:
-        rows = _fallback_adapters(store)
-    else:
-        list_entries, headline_metric, space_link = api
-        rows = [
-            {
-                "repo_id": e.repo_id,
-                "updated": str(getattr(e, "updated", "") or ""),
-                "metric": headline_metric(e),
-                "link": space_link(e),
-                "base": getattr(e, "base", None),
-            }  # fmt: skip
-            for e in list_entries(store)
-            if getattr(e, "kind", None) == "adapter"
-        ]
+    from .gallery import headline_metric, list_entries, space_link
+
+    rows = [
+        {"repo_id": e.repo_id, "updated": str(e.updated or ""), "metric": headline_metric(e), "link": space_link(e),
+         "base": e.base}
+        for e in list_entries(store)
+        if e.kind == "adapter"
+    ]  # fmt: skip
     rows.sort(key=lambda r: r["updated"], reverse=True)
     return rows[:limit]
 

@@ -132,9 +132,13 @@ def plot(reports: list[VariantReport], path: Path) -> Path:
     lat = [r.latency_ms["batch_1"]["p50"] for r in reports]
     acc = [r.accuracy if r.accuracy is not None else np.nan for r in reports]
     points = ax.scatter(sizes, lat, c=acc, cmap="viridis", s=80, edgecolors="black", vmin=0, vmax=1)
+    right = min(sizes) + 0.6 * (max(sizes) - min(sizes))
     for r, x, y in zip(reports, sizes, lat, strict=True):
         label = r.name if r.accuracy is None else f"{r.name} ({r.accuracy:.2f})"
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        left = x > right  # labels of the biggest variants go left of their marker, inside the axes
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if left else 6, 4), fontsize=8,
+                    ha="right" if left else "left")  # fmt: skip
+    ax.margins(x=0.08, y=0.1)
     fig.colorbar(points, ax=ax, label="held-out accuracy")
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("CPU latency p50, batch 1 (ms)")
