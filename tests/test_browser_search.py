@@ -70,7 +70,7 @@ def test_search_page_with_a_fake_camera(search_server, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 1300})
             page.set_default_timeout(30_000)
             page.goto(url)
-            page.locator(".hubkit-tile[data-space=search] a").click()  # from the landing page, like a user
+            page.locator(".hubkit-tile[data-space=search] a[style*='font-weight']").click()  # from the landing page
             page.wait_for_url("**/spaces/search/")
             expect(page.locator("#status")).to_contain_text("Ready", timeout=60_000)
             loaded_at = page.evaluate("performance.timeOrigin")
