@@ -84,6 +84,7 @@ def uploaded(server: str, space: str, path: Path) -> dict:
 def assert_one_line(message: str) -> None:
     assert message and "Traceback" not in message and "\n" not in message.strip(), message
     assert "/tmp/" not in message, f"a server path leaks into the message: {message}"
+    assert os.getcwd() not in message, f"the server's working directory leaks into the message: {message}"
 
 
 def sweep_uploads(call, tmp_path: Path, check_answer) -> dict[str, str]:
