@@ -9,7 +9,9 @@ gradio_client Client, all starting together, each sending --calls requests. The 
 free port with micro-batching (max_batch 8) and without (max_batch 1); its clients are httpx clients.
 
 Per-request work is kept small (64 px images; 2 sampling steps and 1 sample for pixcell; the tiny models), so the
-figures measure the serving path: queueing, batching, uploads, encoding. Direct: the same request through the Space's
+figures measure the serving path: queueing, batching, uploads, encoding (result files are not downloaded:
+concurrent identical results share one file in Gradio's cache, and a download racing its rewrite was seen cut
+off at 8 clients sending the same image). Direct: the same request through the Space's
 hubkit object (PlantDemo.run, PixCellDemo.run, SegmaDemo.run, DepthDemo, the search service), median of --calls runs;
 overhead = API p50 at 1 client - direct p50. Clients and servers share the machine (and this process), so on a
 2-core machine absolute numbers are pessimistic; the ratios are the point. stdout carries one JSON object.
@@ -120,7 +122,7 @@ def gradio_levels(url: str, api_name: str, args: list, levels, calls: int) -> di
     from gradio_client import Client
 
     def make():
-        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600}, download_files=False)
         return lambda: client.predict(*args, api_name=api_name)
 
     make()()  # warm: the model loads before any timing
@@ -197,7 +199,7 @@ def bench_depth(image: Path, levels, calls: int) -> dict:
             def make(url=url, counter=counter, lock=lock):
                 with lock:
                     i = next(counter)
-                client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+                client = Client(url, verbose=False, httpx_kwargs={"timeout": 600}, download_files=False)
                 mine = [adapters[i % len(adapters)]]
                 return lambda: client.predict(handle, base, mine, None, None, None, None, False, api_name="/predict")
 
