@@ -62,6 +62,26 @@ def test_menus_list_plant_models_only(store, tmp_path):
     assert demo.available_models() == [TINY, "me/plant"] and demo.default_models() == [TINY, "me/plant"]
 
 
+def test_requests_reuse_a_recent_store_listing_but_never_refuse_a_new_model(store, pool, tmp_path, monkeypatch):
+    """The allow-list check lists the store once per OFFERED_TTL_S, not per request; a model pushed since the last
+    listing gets a fresh one instead of a refusal."""
+    from hubkit.errors import HubkitError
+
+    demo = PlantDemo(pool=pool)
+    listings = []
+    real = demo.available_models
+    monkeypatch.setattr(demo, "available_models", lambda: listings.append(1) or real())
+    example = str(sorted(EXAMPLES.glob("*.png"))[0])
+    for _ in range(3):
+        demo.run(example, models=[TINY], top_k=1)
+    assert len(listings) == 1
+    push_second_model(tmp_path)
+    assert [a.model for a in demo.run(example, models=["me/plant"], top_k=1).answers] == ["me/plant"]
+    assert len(listings) == 2  # the new name missed the cached listing: listed again, not refused
+    with pytest.raises(HubkitError, match="not available"):
+        demo.run(example, models=["me/no-such-model"], top_k=1)
+
+
 def test_two_models_side_by_side_with_text_and_description(store, pool, tmp_path):
     texts = push_second_model(tmp_path)
     demo = PlantDemo(pool=pool)

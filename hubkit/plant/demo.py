@@ -38,6 +38,9 @@ MODEL_NOT_AVAILABLE = (
 )
 
 
+OFFERED_TTL_S = 10.0  # how long a store listing answers "may this request load that model?"
+
+
 @dataclass
 class PlantAnswer:
     """One model's answer: top-k classes with probabilities, the generated description (when asked for) and the
@@ -83,6 +86,7 @@ class PlantDemo:
         self.max_batch_size = max_batch_size
         self._batchers: dict[str, MicroBatcher] = {}  # model id -> its batcher (requests arriving together share
         self._batchers_lock = threading.Lock()  # one forward pass; each still gets its own answer or error)
+        self._offered: tuple[float, set[str]] = (float("-inf"), set())  # (listed at, model ids) for _is_offered
 
     @property
     def pool(self):
@@ -106,7 +110,19 @@ class PlantDemo:
         if TINY in names:
             names = [TINY, *(n for n in names if n != TINY)]
         extra = [m.strip() for m in os.environ.get(MODELS_ENV, "").split(",") if m.strip()]
-        return names + [m for m in extra if m not in names]
+        names += [m for m in extra if m not in names]
+        self._offered = (time.monotonic(), set(names))
+        return names
+
+    def _is_offered(self, models: list[str]) -> bool:
+        """Whether a request may load `models`. Listing the store reads every repo's head (a few hundred ms on a
+        full store): a listing younger than OFFERED_TTL_S answers; a name missing from it gets a fresh listing, so
+        a model pushed a moment ago is never refused."""
+        stamp, offered = self._offered
+        if time.monotonic() - stamp < OFFERED_TTL_S and all(m in offered for m in models):
+            return True
+        offered = set(self.available_models())
+        return all(m in offered for m in models)
 
     def default_models(self) -> list[str]:
         """What the page starts with: the base (the tiny model offline) beside the newest trained model."""
@@ -144,8 +160,7 @@ class PlantDemo:
         picked = list(dict.fromkeys(m for m in (models or self.default_models()) if m))
         if not picked:
             raise HubkitError("No model picked, and none is in the store: run `hubkit bootstrap` or train one.")
-        allowed = set(self.available_models())
-        if any(m not in allowed for m in picked):
+        if not self._is_offered(picked):
             raise HubkitError(MODEL_NOT_AVAILABLE)
         run = PlantRun(text=text)
         for name in picked:
