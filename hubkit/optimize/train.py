@@ -54,10 +54,13 @@ def distillation_loss(
     return alpha * ce + (1 - alpha) * temperature**2 * kl
 
 
-def accuracy_fn(model, loader) -> dict[str, float]:
+def accuracy_fn(model, loader, *, logits: Callable | None = None) -> dict[str, float]:
+    """Top-1 accuracy over `loader`; `logits(model, pixel_values)` where the model's output is not the logits."""
+    device = next(model.parameters()).device
     right = total = 0
     for batch in loader:
-        pred = model(batch["pixel_values"]).argmax(-1)
+        pixels = batch["pixel_values"].to(device)
+        pred = (logits(model, pixels) if logits else model(pixels)).argmax(-1).cpu()
         right += int((pred == batch["labels"]).sum())
         total += len(pred)
     return {"accuracy": right / max(total, 1)}

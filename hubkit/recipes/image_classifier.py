@@ -7,6 +7,7 @@ Its output is a full model folder (config.json, model.safetensors, preprocessor_
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,27 +59,20 @@ def load_relabelled(folder, classes: list[str]):
     return model
 
 
+def _logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    return model(pixel_values=pixel_values).logits
+
+
 def _loss(model, batch) -> torch.Tensor:
     device = next(model.parameters()).device
-    logits = model(pixel_values=batch["pixel_values"].to(device)).logits
-    return F.cross_entropy(logits.float(), batch["labels"].to(device))
-
-
-@torch.no_grad()
-def _accuracy(model, loader) -> dict[str, float]:
-    device = next(model.parameters()).device
-    right = total = 0
-    for batch in loader:
-        pred = model(pixel_values=batch["pixel_values"].to(device)).logits.argmax(-1).cpu()
-        right += int((pred == batch["labels"]).sum())
-        total += len(pred)
-    return {"accuracy": right / max(total, 1)}
+    return F.cross_entropy(_logits(model, batch["pixel_values"].to(device)).float(), batch["labels"].to(device))
 
 
 def image_classifier_setup(config: ImageClassifierConfig) -> TrainingSetup:
     from transformers import AutoImageProcessor
 
     from ..optimize.data import load_classification_data
+    from ..optimize.train import accuracy_fn
 
     if not config.data:
         raise ConfigError("data is required: a folder (or dataset repo) of images, one sub-folder per class")
@@ -101,7 +95,7 @@ def image_classifier_setup(config: ImageClassifierConfig) -> TrainingSetup:
         train_dataset=data.train,
         eval_dataset=data.heldout,
         loss_fn=_loss,
-        evaluate_fn=_accuracy,
+        evaluate_fn=functools.partial(accuracy_fn, logits=_logits),
         trainable=Trainable(lora=False),
         dataset_name=Path(config.data).name if Path(config.data).is_dir() else config.data,
         card_notes=f"Classes ({len(classes)}): " + ", ".join(f"`{c}`" for c in classes),
