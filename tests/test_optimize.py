@@ -30,18 +30,12 @@ def _processor(size: int = SIZE):
 
 
 def _tiny_resnet(labels: list[str]):
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import ResNetForImageClassification
 
-    config = ResNetConfig(
-        embedding_size=16,
-        hidden_sizes=[16, 32, 64, 96],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
+    from hubkit.tiny.resnet_classifier import config
+
     torch.manual_seed(0)
-    return ResNetForImageClassification(config)
+    return ResNetForImageClassification(config(labels))
 
 
 def _garment_folders(root: Path, per_category: int) -> Path:
