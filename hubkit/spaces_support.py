@@ -668,6 +668,8 @@ class DepthDemo:
         """A few lines of Markdown about a `run` result."""
         unit = result["unit"]
         head = f"**Base** `{result['base_id']}` · depth shown in **{unit}** · {result['seconds']:.2f} s"
+        if result["adapted_id"]:
+            head += f"  \n**Adapted** `{result['adapted_id']}`"
         if result["relative"]:
             head += "  \nRelative inverse depth: bigger (red) is nearer; the values have no unit or scale."
         if result["ply"] is not None and result["relative"]:

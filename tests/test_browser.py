@@ -124,6 +124,18 @@ def test_depth_space_in_chromium(server, tmp_path):
             page.screenshot(path=str(tmp_path / "depth-space.png"), full_page=True)
             if os.environ.get("HUBKIT_SCREENSHOTS"):  # for a person to look at the page
                 shutil.copy(tmp_path / "depth-space.png", Path(os.environ["HUBKIT_SCREENSHOTS"]) / "depth-space.png")
+
+            # Gradio's run history (kept in this browser) shows the run's menu choices and both maps.
+            page.goto(server + "spaces/depth/gradio_api/runs")
+            run = page.locator("section, div").filter(has_text="/predict").last
+            expect_text = sync_api.expect(page.get_by_text("hubkit-tiny/depth-anything-demo-lora-0").first)
+            expect_text.to_be_visible()
+            sync_api.expect(page.get_by_text("hubkit-tiny/depth-anything", exact=True).first).to_be_visible()
+            images = run.locator("img")
+            sync_api.expect(images.first).to_be_visible()
+            page.wait_for_function("() => [...document.images].every((img) => img.complete)")
+            widths = images.evaluate_all("(imgs) => imgs.map((img) => img.naturalWidth)")
+            assert len(widths) >= 2 and all(w > 0 for w in widths), widths  # no broken thumbnail
         finally:
             browser.close()
     assert (tmp_path / "depth-space.png").stat().st_size > 10_000

@@ -221,8 +221,8 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
                                   api_name="/predict")  # fmt: skip
 
         base_img, adapted, others, files, info = predict(images["camera"])
-        assert adapted["label"] == f"Adapted: {LORA0}" and others["visible"] is False
-        with Image.open(base_img) as a, Image.open(adapted["value"]) as b:
+        assert f"**Adapted** `{LORA0}`" in info and not others  # plain values, no component updates
+        with Image.open(base_img) as a, Image.open(adapted) as b:
             assert a.size == b.size and a.size[0] == 160  # 128 px photo, legend 160 px wide
             assert np.asarray(a)[:128, :128].std() > 0  # the depth map itself varies, not only the legend under it
             assert not np.array_equal(np.asarray(a), np.asarray(b))
@@ -233,8 +233,9 @@ def test_app_over_http(store, images, monkeypatch, tmp_path):
         bad.write_bytes(b"\x89PNG but not really")
         with pytest.raises(AppError, match="not an image this demo can read"):
             predict(bad)
-        _, adapted, _, files, _ = predict(images["rgba"], adapters=(LORA1, LORA0))  # the server still serves
-        assert adapted["label"] == f"Adapted: {LORA1}" and len(files) == 9
+        _, adapted, others, files, info = predict(images["rgba"], adapters=(LORA1, LORA0))  # still serving
+        assert f"**Adapted** `{LORA1}`" in info and len(files) == 9
+        assert [Path(item["image"]).is_file() and item["caption"] for item in others] == [LORA0]
 
         refusals = set()  # a client cannot tell a server folder from a missing one
         for probe in ("/etc", str(server_adapter(tmp_path / "server-adapter")), "/nonexistent"):
@@ -308,7 +309,7 @@ def test_adapters_outside_the_allow_list_get_one_message(store, images, tmp_path
     message = refusals["/etc"][0]
     assert ADAPTER_DIRS in message and "/etc" not in message and str(tmp_path) not in message
 
-    assert predict(image, TINY_BASE, [LORA0], None, None, None, None)[1].label == f"Adapted: {LORA0}"
+    assert f"**Adapted** `{LORA0}`" in predict(image, TINY_BASE, [LORA0], None, None, None, None)[4]
 
     # Folders the operator names: an adapter folder itself, or a folder of adapter folders.
     parent = tmp_path / "operator"
@@ -317,7 +318,7 @@ def test_adapters_outside_the_allow_list_get_one_message(store, images, tmp_path
     sharp = str(parent / "sharp")
     assert spaces_support.available_adapters(TASK, TINY_BASE) == sorted([LORA0, LORA1, str(outside), sharp])
     for allowed in (str(outside), sharp):
-        assert predict(image, TINY_BASE, [allowed], None, None, None, None)[1].label == f"Adapted: {allowed}"
+        assert f"**Adapted** `{allowed}`" in predict(image, TINY_BASE, [allowed], None, None, None, None)[4]
     for probe in ("/etc", f"{outside}/../server-adapter", os.path.relpath(outside), str(parent)):
         assert refusal(probe) == refusals["/etc"]  # only the names as listed, no other spelling or parent
 
@@ -562,7 +563,7 @@ def test_bad_input_sweep_over_http(store, tmp_path, monkeypatch):
             with Image.open(base_map) as picture:
                 assert picture.width >= 160, kind
         base_map, adapted, _, _, info = predict(good)  # and the server still answers a good request
-        assert adapted["label"] == f"Adapted: {LORA0}" and "relative" in info
+        assert f"**Adapted** `{LORA0}`" in info and "relative" in info and Path(adapted).is_file()
 
 
 def _gradio_call(client, url: str, data: list) -> dict:
@@ -609,7 +610,7 @@ def test_fifty_concurrent_clients(store, tmp_path, monkeypatch):
                 answer = _gradio_call(http, url, [image, TINY_BASE, [(LORA0, LORA1)[i % 2]], None, None, None, None,
                                                   False])  # fmt: skip
             assert answer["kind"] == "complete", answer
-            assert answer["data"][1]["label"] == f"Adapted: {(LORA0, LORA1)[i % 2]}"
+            assert f"**Adapted** `{(LORA0, LORA1)[i % 2]}`" in answer["data"][4]  # its own adapter, not a neighbour's
             return time.perf_counter() - started
 
         started = time.perf_counter()

@@ -74,15 +74,35 @@ def make_predict(batch: bool):
             ) from None
         first = result["adapted_id"]
         others = [(img, name) for name, img in result["adapters"].items() if name != first]
-        return (
-            result["base"],
-            gr.Image(value=result["adapted"], label=f"Adapted: {first}" if first else "Adapted (pick an adapter)"),
-            gr.Gallery(value=others or None, visible=bool(others)),
-            [str(p) for p in result["files"]] or None,
-            depth.summary(result),
+        # Plain values, not component updates: an update makes gradio rebuild the component's config on every
+        # request, and the browser's run history shows an update's image as a broken thumbnail. The labels follow
+        # in `label_outputs`, a browser-only step.
+        return result["base"], result["adapted"], others or None, [str(p) for p in result["files"]] or None, (
+            depth.summary(result)
         )
 
     return predict
+
+
+def label_outputs(adapters):
+    """After a Run in the browser: the Adapted panel names its adapter; "Other adapters" shows when there are."""
+    adapters = [a for a in (adapters or []) if isinstance(a, str) and a]
+    first = adapters[0] if adapters else None
+    return (
+        gr.Image(label=f"Adapted: {first}" if first else "Adapted (pick an adapter)"),
+        gr.Gallery(visible=len(adapters) > 1),
+    )
+
+
+def store_menus() -> tuple[list[str], list[str]]:
+    """The bases and every adapter of them in the store now, as the menus' build-time choices: the run-history
+    page renders a recorded run with these, so a value missing from them shows blank there. Pages refill the
+    menus on load, so later additions reach the Space (their history entries show blank until a restart)."""
+    try:
+        bases = depth.available_bases()
+        return bases, sorted({a for b in bases for a in depth.available_adapters(b)})
+    except HubkitError:  # an unreadable store: empty menus now; the page load reports it
+        return [], []
 
 
 def loading_note(base):
@@ -93,8 +113,8 @@ def loading_note(base):
 
 
 def _string_api(component, *, many: bool, example):
-    """API docs type the menu as plain strings with a real example: its choices fill at page load, so at build time
-    they are empty and gradio would show `Literal[]`. What a request may load is checked in hubkit."""
+    """API docs type the menu as plain strings with a real example: its build-time choices go stale as the store
+    changes (or are empty, and gradio would show `Literal[]`). What a request may load is checked in hubkit."""
     schema = {"type": "string"}
     component.api_info = lambda: {"type": "array", "items": schema} if many else schema
     component.example_payload = component.example_value = lambda: example
@@ -118,7 +138,8 @@ def _clear_number(component):
 def build_demo(batch: bool = True) -> gr.Blocks:
     """The Space. `batch`: concurrent Run requests share forward passes (up to 8, mixed adapters); False runs each
     request's pass alone (for comparison: the same API either way)."""
-    default_base = get_task(DEPTH_TASK).default_base  # no store read at build: the menus fill on page load
+    default_base = get_task(DEPTH_TASK).default_base
+    base_choices, adapter_choices = store_menus()
     with gr.Blocks(title="hubkit · depth") as demo:
         gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
@@ -138,12 +159,14 @@ def build_demo(batch: bool = True) -> gr.Blocks:
                 shown = gr.Image(label="Input", interactive=False, height=240, format="png")
                 gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
                 with gr.Row():
-                    # allow_custom_value: the menus fill on page load, and gradio 6 checks a value against the choices
-                    # its session has seen. What a request may load is checked in hubkit (the allow-lists).
-                    base = gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True, scale=4)
+                    # allow_custom_value: the menus refill on page load, and gradio 6 checks a value against the
+                    # choices its session has seen. What a request may load is checked in hubkit (the allow-lists).
+                    base = gr.Dropdown(
+                        label="Base model", choices=base_choices, value=None, allow_custom_value=True, scale=4
+                    )
                     refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                 adapters = gr.Dropdown(
-                    label="Adapters", choices=[], value=[], multiselect=True, allow_custom_value=True
+                    label="Adapters", choices=adapter_choices, value=[], multiselect=True, allow_custom_value=True
                 )
                 _string_api(base, many=False, example=default_base)
                 _string_api(adapters, many=True, example=[])
@@ -186,7 +209,7 @@ def build_demo(batch: bool = True) -> gr.Blocks:
             # batch: enough requests in flight to fill a pass of 8 while the previous one runs; the model itself
             # is used by one pass at a time (the pool's lease). Unbatched: the same limit, passes one by one.
             concurrency_limit=2 * MAX_BATCH,
-        )
+        ).success(label_outputs, inputs=adapters, outputs=[adapted_out, more], queue=False, api_visibility="private")
     clean_on_shutdown(demo, depth.outputs)  # the request folders go when the server stops
     return demo
 
