@@ -77,8 +77,12 @@ def make_predict(batch: bool):
         # Plain values, not component updates: an update makes gradio rebuild the component's config on every
         # request, and the browser's run history shows an update's image as a broken thumbnail. The labels follow
         # in `label_outputs`, a browser-only step.
-        return result["base"], result["adapted"], others or None, [str(p) for p in result["files"]] or None, (
-            depth.summary(result)
+        return (
+            result["base"],
+            result["adapted"],
+            others or None,
+            [str(p) for p in result["files"]] or None,
+            depth.summary(result),
         )
 
     return predict
