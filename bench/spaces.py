@@ -4,17 +4,20 @@ batched vs unbatched where a Space batches (depth, search); depth's 8 clients on
 
 Setup: a temporary HUBKIT_HOME filled by `hubkit bootstrap` (tiny random-weight models, 8 demo adapters per task;
 2 with --quick). Each Gradio Space is built from its spaces/<name>/app.py and launched in this process on a free
-port (depth twice: `build_demo(batch=True)` and `build_demo(batch=False)`); clients are threads, each with its own
-gradio_client Client, all starting together, each sending --calls requests. The search Space runs under uvicorn on a
-free port with micro-batching (max_batch 8) and without (max_batch 1); its clients are httpx clients.
+port; depth three times: batched (`build_demo(batch=True)`: micro-batched passes, 16 requests in flight), unbatched
+(`batch=False`, same concurrency, a pass per request) and one at a time (`concurrency_limit=1`, gradio's default:
+the Space before batching). Clients are threads, all starting together, each sending --calls requests through
+Gradio's HTTP API on a kept-alive connection with its own session (`GradioHTTP`; each call uploads the image);
+`gradio_client_1` repeats the 1-client figure with gradio_client, whose per-call client setup costs ~0.15 s of CPU
+here. The search Space runs under uvicorn with micro-batching (max_batch 8) and without (max_batch 1).
 
 Per-request work is kept small (64 px images; 2 sampling steps and 1 sample for pixcell; the tiny models), so the
-figures measure the serving path: queueing, batching, uploads, encoding (result files are not downloaded:
-concurrent identical results share one file in Gradio's cache, and a download racing its rewrite was seen cut
-off at 8 clients sending the same image). Direct: the same request through the Space's
-hubkit object (PlantDemo.run, PixCellDemo.run, SegmaDemo.run, DepthDemo, the search service), median of --calls runs;
-overhead = API p50 at 1 client - direct p50. Clients and servers share the machine (and this process), so on a
-2-core machine absolute numbers are pessimistic; the ratios are the point. stdout carries one JSON object.
+figures measure the serving path: queueing, batching, uploads, encoding (result files are not downloaded).
+Direct: the same request through the Space's hubkit object (PlantDemo.run, PixCellDemo.run, SegmaDemo.run,
+DepthDemo, the search service), median of --calls runs; overhead = API p50 at 1 client - direct p50. Depth's
+`in_process_*`: 8 threads calling DepthDemo without HTTP, batched vs not: the batching gain of the model call alone.
+Clients and servers share the machine (and this process), so on a 2-core machine absolute numbers are pessimistic;
+the ratios are the point. stdout carries one JSON object.
 
     python bench/spaces.py [--quick] [--spaces plant,pixcell,segma,depth,search] [--calls 3] [--levels 1,8,50]
 """
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,15 +122,68 @@ def launched(demo):
         demo.close()
 
 
+class Upload:
+    """A file argument: each call uploads it, as a client with a new photo would."""
+
+    def __init__(self, path: Path):
+        self.path, self.data = path, path.read_bytes()
+
+
+class GradioHTTP:
+    """A lean client of Gradio's HTTP API (POST /gradio_api/upload, POST /gradio_api/call/NAME, then its event
+    stream) on one kept-alive connection. gradio_client opens a new HTTPS-capable httpx client (an SSL context,
+    ~30 ms of CPU) for each upload and call; on a 2-core machine shared with the server that CPU would be the
+    bottleneck being measured. `gradio_client_1` in the output keeps that figure for comparison."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url, self.http = url, httpx.Client(timeout=600)
+        # One session per client, as gradio_client keeps: without one, gradio builds a new session (the config of
+        # every component of the page) for each call.
+        self.session = uuid.uuid4().hex
+
+    def _value(self, arg):
+        if not isinstance(arg, Upload):
+            return arg
+        response = self.http.post(self.url + "gradio_api/upload", files={"files": (arg.path.name, arg.data)})
+        response.raise_for_status()
+        return {"path": response.json()[0], "orig_name": arg.path.name, "meta": {"_type": "gradio.FileData"}}
+
+    def __call__(self, api_name: str, args: list):
+        body = {"data": [self._value(a) for a in args], "session_hash": self.session}
+        response = self.http.post(self.url + f"gradio_api/call/{api_name.strip('/')}", json=body)
+        response.raise_for_status()
+        event = response.json()["event_id"]
+        kind = None
+        with self.http.stream("GET", self.url + f"gradio_api/call/{api_name.strip('/')}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[len("event: ") :]
+                elif line.startswith("data: ") and kind in ("complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(f"{api_name} failed: {line[len('data: ') :][:300]}")
+                    return json.loads(line[len("data: ") :])
+        raise RuntimeError(f"{api_name}: the event stream ended without a result")
+
+
 def gradio_levels(url: str, api_name: str, args: list, levels, calls: int) -> dict[str, dict]:
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     def make():
-        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600}, download_files=False)
-        return lambda: client.predict(*args, api_name=api_name)
+        client = GradioHTTP(url)
+        return lambda: client(api_name, args)
 
     make()()  # warm: the model loads before any timing
-    return {str(n): run_clients(make, n, calls) for n in levels}
+    out = {str(n): run_clients(make, n, calls) for n in levels}
+
+    def make_gradio_client():
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 600}, download_files=False)
+        plain = [handle_file(str(a.path)) if isinstance(a, Upload) else a for a in args]
+        return lambda: client.predict(*plain, api_name=api_name)
+
+    out["gradio_client_1"] = run_clients(make_gradio_client, 1, calls)
+    return out
 
 
 def ratio(a: dict, b: dict, key: str = "calls_per_s") -> float:
@@ -135,12 +192,10 @@ def ratio(a: dict, b: dict, key: str = "calls_per_s") -> float:
 
 # -- the Spaces -------------------------------------------------------------------------------------------------
 def bench_plant(image: Path, levels, calls: int) -> dict:
-    from gradio_client import handle_file
-
     module = load_app_module("plant")
     tiny = "hubkit-tiny/plant-vlm"
     with launched(module.build_demo()) as url:
-        api = gradio_levels(url, "/predict", [handle_file(str(image)), None, "", tiny, None, 3, False], levels, calls)
+        api = gradio_levels(url, "/predict", [Upload(image), None, "", tiny, None, 3, False], levels, calls)
     result = {"api": api, "direct": direct(lambda: module.plant.run(str(image), models=[tiny], top_k=3), calls)}
     result["overhead_s"] = round(api[str(levels[0])]["p50_s"] - result["direct"]["p50_s"], 4)
     result["batching"] = "micro-batched (batch=True, up to 8 per pass), concurrency_limit 16; no unbatched run"
@@ -148,13 +203,11 @@ def bench_plant(image: Path, levels, calls: int) -> dict:
 
 
 def bench_pixcell(image: Path, levels, calls: int) -> dict:
-    from gradio_client import handle_file
-
     module = load_app_module("pixcell")
     base = "hubkit-tiny/pixcell"
     work = ["dpm++", 2, 1.5, 1, 0]
     with launched(module.build_demo()) as url:
-        api = gradio_levels(url, "/generate", [handle_file(str(image)), base, "", *work], levels, calls)
+        api = gradio_levels(url, "/generate", [Upload(image), base, "", *work], levels, calls)
     run = lambda: module.pixcell.run(str(image), base=base, num_inference_steps=2, num_images=1)  # noqa: E731
     result = {"api": api, "direct": direct(run, calls)}
     result["overhead_s"] = round(api[str(levels[0])]["p50_s"] - result["direct"]["p50_s"], 4)
@@ -163,11 +216,9 @@ def bench_pixcell(image: Path, levels, calls: int) -> dict:
 
 
 def bench_segma(image: Path, levels, calls: int) -> dict:
-    from gradio_client import handle_file
-
     module = load_app_module("segma")
     menus = [module.segma.default_base(stage) if i % 2 == 0 else "" for stage in module.STAGES for i in (0, 1)]
-    args = [handle_file(str(image)), "general", "none", "coin", *menus, 0.25, 0.2]
+    args = [Upload(image), "general", "none", "coin", *menus, 0.25, 0.2]
     with launched(module.build_demo()) as url:
         api = gradio_levels(url, "/run", args, levels, calls)
     run = lambda: module.segma.run(str(image), classes="coin")  # noqa: E731
@@ -178,20 +229,22 @@ def bench_segma(image: Path, levels, calls: int) -> dict:
 
 
 def bench_depth(image: Path, levels, calls: int) -> dict:
-    from gradio_client import Client, handle_file
-
     module = load_app_module("depth")
-    if "batch" not in module.build_demo.__code__.co_varnames:
-        return {"skipped": "spaces/depth/app.py has no build_demo(batch=...)"}
     base = module.depth.available_bases()[0]
     adapters = module.depth.available_adapters(base)
-    handle = handle_file(str(image))
+    upload = Upload(image)
     out: dict = {"base": base, "adapters_in_store": len(adapters)}
-    for batch in (True, False):
-        key = "batched" if batch else "unbatched"
-        with launched(module.build_demo(batch=batch)) as url:
-            out[key] = gradio_levels(url, "/predict", [handle, base, adapters[:1], None, None, None, None, False],
-                                     levels if batch else [levels[0], 8], calls)  # fmt: skip
+    at_8 = sorted({levels[0], 8})
+    # batched: micro-batched passes, 16 requests in flight; unbatched: the same concurrency, a pass per request;
+    # one_at_a_time: gradio's default concurrency_limit=1, no batching (the Space before batching).
+    setups = {"batched": (True, 2 * module.MAX_BATCH), "unbatched": (False, 2 * module.MAX_BATCH),
+              "one_at_a_time": (False, 1)}  # fmt: skip
+    for key, (batch, limit) in setups.items():
+        with launched(module.build_demo(batch=batch, concurrency_limit=limit)) as url:
+            args = [upload, base, adapters[:1], None, None, None, None, False]
+            out[key] = gradio_levels(url, "/predict", args, levels if batch else at_8, calls)
+            if key == "one_at_a_time":
+                continue
             # 8 clients, client i always on adapter i (of one base): mixed-adapter passes vs switching
             counter = iter(range(10**6))
             lock = threading.Lock()
@@ -199,16 +252,27 @@ def bench_depth(image: Path, levels, calls: int) -> dict:
             def make(url=url, counter=counter, lock=lock):
                 with lock:
                     i = next(counter)
-                client = Client(url, verbose=False, httpx_kwargs={"timeout": 600}, download_files=False)
-                mine = [adapters[i % len(adapters)]]
-                return lambda: client.predict(handle, base, mine, None, None, None, None, False, api_name="/predict")
+                client, mine = GradioHTTP(url), [adapters[i % len(adapters)]]
+                return lambda: client("/predict", [upload, base, mine, None, None, None, None, False])
 
             out[f"{key}_8_adapters"] = run_clients(make, 8, calls)
     out["batched_over_unbatched_at_8"] = ratio(out["batched"]["8"], out["unbatched"]["8"])
+    out["batched_over_one_at_a_time_at_8"] = ratio(out["batched"]["8"], out["one_at_a_time"]["8"])
     out["mixed_adapters_batched_over_switching"] = ratio(out["batched_8_adapters"], out["unbatched_8_adapters"])
     out["direct"] = direct(lambda: module.depth.submit(
         module.depth.check(str(image), base, adapters[:1], None, files=False), batch=False), calls)  # fmt: skip
+    # The same 8 clients without HTTP: threads calling the Space's DepthDemo (decode, check, predict, render), so
+    # the batching gain of the model call itself shows beside the end-to-end figure.
+    for batch in (True, False):
+
+        def request(batch=batch):
+            check = module.depth.check(str(image), base, adapters[:1], None, files=False)
+            return module.depth.submit(check, batch=batch)
+
+        out[f"in_process_{'batched' if batch else 'unbatched'}_8"] = run_clients(lambda r=request: r, 8, calls)
+    out["in_process_batched_over_unbatched_at_8"] = ratio(out["in_process_batched_8"], out["in_process_unbatched_8"])
     out["overhead_s"] = round(out["batched"][str(levels[0])]["p50_s"] - out["direct"]["p50_s"], 4)
+    out["overhead_gradio_client_s"] = round(out["batched"]["gradio_client_1"]["p50_s"] - out["direct"]["p50_s"], 4)
     return out
 
 

@@ -133,6 +133,23 @@ def format_depth(value: float, unit: str) -> str:
     return f"{value:.3g}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _text_mask(text: str, size: int) -> tuple[Image.Image, float]:
+    """`text` rasterised once (an "L" mask as wide as the text) and its advance width: every depth map gets a
+    legend, and FreeType rasterising its labels cost more CPU than the model's forward pass on small inputs."""
+    font = _font(size)
+    length = ImageDraw.Draw(Image.new("L", (1, 1))).textlength(text, font=font)
+    left, top, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (max(1, right), max(1, bottom)), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    return mask, length
+
+
+def _draw_text(image: Image.Image, xy: tuple[float, float], text: str, size: int, fill: tuple[int, int, int]):
+    mask, _ = _text_mask(text, size)
+    image.paste(fill, (round(xy[0]), round(xy[1])), mask)
+
+
 def depth_legend(
     vmin: float,
     vmax: float,
@@ -154,7 +171,6 @@ def depth_legend(
     # would shrink to a hairline. At least 12 px (small maps), one step per 480 px of width.
     scale = max(1.0, width / 480)
     pad, bar_h, font_size = round(12 * scale), round(14 * scale), round(12 * scale)
-    font = _font(font_size)
     line = max(1, round(scale))
     height = bar_h + font_size * 2 + round(22 * scale)
     legend = Image.new("RGB", (width, height), (255, 255, 255))
@@ -171,20 +187,20 @@ def depth_legend(
     tick = round(4 * scale)
     for n in range(max(ticks, 2), 1, -1):  # fewer ticks when the labels would overlap on a narrow bar
         labels = [format_depth(vmin + (vmax - vmin) * i / (n - 1), unit) for i in range(n)]
-        widths = [draw.textlength(text, font=font) for text in labels]
+        widths = [_text_mask(text, font_size)[1] for text in labels]
         if n == 2 or max(widths) * n + 8 * scale * (n - 1) <= span:
             break
     for i, (text, w) in enumerate(zip(labels, widths, strict=True)):
         x = pad + round(i * (span - 1) / (n - 1))
         draw.line([x, y, x, y + tick], fill=(0, 0, 0), width=line)
-        draw.text((min(max(x - w / 2, 2), width - w - 2), y + tick + line), text, fill=(0, 0, 0), font=font)
+        _draw_text(legend, (min(max(x - w / 2, 2), width - w - 2), y + tick + line), text, font_size, (0, 0, 0))
     if unit == "relative":
         caption = "relative inverse depth (unitless): far <-> near"
     else:
         caption = f"depth in {unit}: near <-> far"
-    if draw.textlength(caption, font=font) > width - pad:  # a narrow legend: the short form
+    if _text_mask(caption, font_size)[1] > width - pad:  # a narrow legend: the short form
         caption = "relative: far <-> near" if unit == "relative" else f"{unit}: near <-> far"
-    draw.text((pad, y + tick + 3 * line + font_size), caption, fill=(60, 60, 60), font=font)
+    _draw_text(legend, (pad, y + tick + 3 * line + font_size), caption, font_size, (60, 60, 60))
     return np.asarray(legend)
 
 

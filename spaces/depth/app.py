@@ -139,9 +139,10 @@ def _clear_number(component):
     return component
 
 
-def build_demo(batch: bool = True) -> gr.Blocks:
+def build_demo(batch: bool = True, concurrency_limit: int = 2 * MAX_BATCH) -> gr.Blocks:
     """The Space. `batch`: concurrent Run requests share forward passes (up to 8, mixed adapters); False runs each
-    request's pass alone (for comparison: the same API either way)."""
+    request's pass alone. `concurrency_limit`: Run requests handled at once (1 is gradio's default: one request at a
+    time, upload decoding and image encoding included). The last two are for comparison: the API is the same."""
     default_base = get_task(DEPTH_TASK).default_base
     base_choices, adapter_choices = store_menus()
     with gr.Blocks(title="hubkit · depth") as demo:
@@ -212,7 +213,7 @@ def build_demo(batch: bool = True) -> gr.Blocks:
             api_name="predict",
             # batch: enough requests in flight to fill a pass of 8 while the previous one runs; the model itself
             # is used by one pass at a time (the pool's lease). Unbatched: the same limit, passes one by one.
-            concurrency_limit=2 * MAX_BATCH,
+            concurrency_limit=concurrency_limit,
         ).success(label_outputs, inputs=adapters, outputs=[adapted_out, more], queue=False, api_visibility="private")
     clean_on_shutdown(demo, depth.outputs)  # the request folders go when the server stops
     return demo
