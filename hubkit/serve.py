@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
+from .gradio_fixes import atomic_cache_writes
 
 logger = logging.getLogger(__name__)
 
@@ -872,6 +873,7 @@ def build_app(
         if entry.error is None and hasattr(getattr(entry.app, "router", None), "lifespan_context"):
             _run_space_lifespan(app, entry)
         app.mount(f"/spaces/{entry.name}", _SpaceMount(entry))
+    atomic_cache_writes()
     return gr.mount_gradio_app(app, landing_page(hub_name=hub_name, spaces=spaces), path="/")
 
 

@@ -12,6 +12,7 @@ import gradio as gr
 from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.gradio_fixes import atomic_cache_writes
 from hubkit.spaces_support import (
     DEPTH_TASK,
     DepthDemo,
@@ -143,6 +144,7 @@ def build_demo(batch: bool = True, concurrency_limit: int = 2 * MAX_BATCH) -> gr
     """The Space. `batch`: concurrent Run requests share forward passes (up to 8, mixed adapters); False runs each
     request's pass alone. `concurrency_limit`: Run requests handled at once (1 is gradio's default: one request at a
     time, upload decoding and image encoding included). The last two are for comparison: the API is the same."""
+    atomic_cache_writes()  # concurrent identical answers share a cache file: never hand out a half-written one
     default_base = get_task(DEPTH_TASK).default_base
     base_choices, adapter_choices = store_menus()
     with gr.Blocks(title="hubkit · depth") as demo:
