@@ -274,9 +274,10 @@ class StreamlitProcess:
         return self.proc.pid if self.proc is not None else None
 
     def command(self) -> list[str]:
+        # toolbarMode viewer: visitors get no "Deploy" button (Streamlit Cloud's) or developer menu
         return [sys.executable, "-m", "streamlit", "run", str(self.space.folder / "app.py"),
                 "--server.port", str(self.port), "--server.headless", "true", "--server.address", self.host,
-                "--browser.gatherUsageStats", "false"]  # fmt: skip
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
         env = {**os.environ, "HUBKIT_SERVER_URL": self.server_url.rstrip("/")}
@@ -790,14 +791,15 @@ def landing_page(*, hub_name: str | None, spaces: list[SpaceStatus | SpaceApp], 
         if spaces:
             tiles = gr.HTML(space_tiles(spaces), elem_id="hubkit-spaces")
             # A Space may break (or its process start) after this page was built: each visit redraws the tiles.
-            demo.load(tiles_now, outputs=tiles, api_name="spaces")
+            demo.load(tiles_now, outputs=tiles, api_name="spaces", show_progress="hidden")
         else:
             gr.Markdown("No Spaces found.")
         gr.Markdown("## Newest adapters")
         adapters = gr.HTML(adapters_html(store), elem_id="hubkit-newest")
-        demo.load(lambda: adapters_html(store), outputs=adapters, api_name="newest_adapters")
+        # The page is whole as built; these redraw it quietly (no dimmed "processing" over what is already right).
+        demo.load(lambda: adapters_html(store), outputs=adapters, api_name="newest_adapters", show_progress="hidden")
         demo.load(lambda: store_line(store, hub_check, wait=hub_check.timeout + 0.5), outputs=status,
-                  api_name="store_status")  # fmt: skip
+                  api_name="store_status", show_progress="hidden")  # fmt: skip
         with gr.Accordion("Everything in the store", open=False):
             table = gr.Dataframe(value=store_table(store) or None, headers=headers, interactive=False)
             refresh = gr.Button("Refresh", size="sm")

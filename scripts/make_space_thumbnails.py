@@ -5,7 +5,9 @@ Each thumbnail is what the Space's own flow makes from its first example with th
 the output is not a picture (plant: a list of classes). The caption saying which is written into the PNG
 (tEXt "Description"); the landing page shows it under the picture.
 
-    .venv/bin/python scripts/make_space_thumbnails.py [depth segma pixcell plant]
+    .venv/bin/python scripts/make_space_thumbnails.py [depth segma pixcell plant search gallery]
+
+The gallery's is a screenshot of its page (Streamlit, headless Chromium at /usr/bin/chromium).
 
 Runs on CPU in a temporary store (a minute or two); the store you use is not touched.
 """
@@ -107,6 +109,73 @@ def plant():
     )
 
 
+def search():
+    import asyncio
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from hubkit.data.garments import camera_view, make_catalogue, read_catalogue
+    from hubkit.search import SearchService, Version, build_search_model, write_catalogue_index
+
+    work = Path(os.environ["HUBKIT_HOME"]) / "search-thumbnail"
+    shop = make_catalogue(work / "shop", n_per_category=4, seed=0, size=128)
+    index = write_catalogue_index(shop, work / "index", model=build_search_model(work / "model", seed=0))
+    service = SearchService([Version("a", str(index))]).load()
+    item = read_catalogue(shop)[0]
+    query = camera_view(Image_open(shop / item["file"]), np.random.default_rng(1))
+    answer = asyncio.run(service.search(query, k=3))
+    found = [Image.open(io.BytesIO(service.thumbnail(hit["id"]))) for hit in answer["results"]]
+    return _side_by_side([query, *found]), (
+        "Example output: a phone-style photo of a generated garment and its 3 nearest catalogue items, from a "
+        "small untrained embedder, made by the Space's own search service"
+    )
+
+
+def gallery():
+    """The gallery page itself, in headless Chromium: a Streamlit run on the bootstrapped store."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "streamlit", "run", str(SPACES / "gallery" / "app.py"), "--server.port",
+               str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "viewer"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "_stcore/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the gallery's Streamlit server did not start") from None
+                time.sleep(0.5)
+        shot = Path(os.environ["HUBKIT_HOME"]) / "gallery.png"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"], headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(url, wait_until="commit")
+            page.get_by_text("repos shown").wait_for(timeout=60_000)
+            page.locator("[data-testid=stDataFrame] canvas").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)  # the table's rows draw on its canvas after it appears
+            page.screenshot(path=str(shot), clip={"x": 300, "y": 60, "width": 960, "height": 540})  # no sidebar
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return _fit(Image_open(shot), SIZE), "The gallery's first page on the store `hubkit bootstrap` fills"
+
+
 def Image_open(path):  # noqa: N802 (reads like PIL's)
     from PIL import Image
 
@@ -114,7 +183,7 @@ def Image_open(path):  # noqa: N802 (reads like PIL's)
         return image.convert("RGB")
 
 
-MAKERS = {"depth": depth, "segma": segma, "pixcell": pixcell, "plant": plant}
+MAKERS = {"depth": depth, "segma": segma, "pixcell": pixcell, "plant": plant, "search": search, "gallery": gallery}
 
 
 def main(names: list[str]) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium, server  # noqa: F401  (server: a fixture)
+from test_browser_plant import recorded_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "spaces" / "pixcell" / "examples"
 TINY = "hubkit-tiny/pixcell"
@@ -48,6 +49,9 @@ def test_pixcell_space_in_chromium(server, tmp_path):  # noqa: F811  (the fixtur
             expect(page.locator("#pixcell-info")).to_contain_text(ADAPTER)
             expect(page.locator("#pixcell-files a[href$='.png']")).to_have_count(4)
             page.screenshot(path=str(tmp_path / "pixcell-run.png"), full_page=True)
+
+            inputs, _, images = recorded_run(page, page.url, "/generate")  # menus shown, samples not broken
+            assert inputs[1:3] == [("Base model", TINY), ("Adapter", ADAPTER)] and images == 4, (inputs, images)
         finally:
             browser.close()
     assert (tmp_path / "pixcell-run.png").stat().st_size > 20_000

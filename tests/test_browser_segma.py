@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium, server  # noqa: F401  (server: a fixture)
+from test_browser_plant import recorded_run
 
 from hubkit import hub
 
@@ -98,6 +99,10 @@ def test_segma_space_in_chromium(server, tmp_path, monkeypatch):  # noqa: F811  
             expect(page.locator("#segma-export-info")).to_contain_text(f"dataset  {REPO}")
             expect(page.locator("#segma-archive a[href$='me--browser-coins.zip']")).to_have_count(1)
             page.screenshot(path=str(tmp_path / "segma-export.png"), full_page=True)
+
+            inputs, _, images = recorded_run(page, page.url, "/run")  # menus shown, both overlays not broken
+            assert inputs[4:6] == [("SAM base", "hubkit-tiny/sam"), ("adapter", SAM_LORA)], inputs
+            assert images == 2  # the adapted and the base overlays
         finally:
             browser.close()
     assert (tmp_path / "segma-run.png").stat().st_size > 20_000

@@ -324,6 +324,7 @@ def test_app_table_leaderboard_card_and_compare(store):
     assert row["metric"] == "abs_rel" and row["value"] == 0.08
     assert row["space"] == f"http://127.0.0.1:7860/spaces/depth/?base={DEPTH_BASE}&adapter=test/depth-b"
     assert "YAML metadata does not parse" in table.set_index("repo").loc["test/bad-yaml", "warning"]
+    assert table["value"].isna().any() and at.tabs[0].dataframe[0].proto.placeholder == ""  # shown empty, not "None"
 
     at.selectbox(key="lb_task").select(DEPTH).run()
     at.selectbox(key="lb_dataset").select("motorcycle-zivid").run()

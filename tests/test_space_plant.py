@@ -147,5 +147,8 @@ def test_app_builds_and_answers_with_gradio_errors(store, monkeypatch):
     label_a, info_a, label_b, info_b, files = handler(app, "predict")(
         str(sorted(EXAMPLES.glob("*.png"))[0]), None, "", TINY, None, 3, False
     )
-    assert len(label_a.value["confidences"]) == 3 and TINY in info_a and info_b == "" and len(files) == 1
-    assert all("___" not in c["label"] for c in label_a.value["confidences"])  # "Tomato · Early blight"
+    # plain values, not component updates (the run-history page shows an update's label, not its classes)
+    assert len(label_a) == 3 and label_b is None and TINY in info_a and info_b == "" and len(files) == 1
+    assert all("___" not in c for c in label_a)  # "Tomato · Early blight"
+    titles = handler(app, "label_outputs")(TINY, None)  # the browser-only step after Run titles the panels
+    assert [t.label for t in titles] == [TINY, "(no second model)"]

@@ -185,7 +185,6 @@ TINY_PLANT = "hubkit-tiny/plant-vlm"
 
 def plant_answer(result) -> None:
     label_a, info_a, _label_b, info_b, files = result
-    label_a = label_a.get("value", label_a)  # a gr.Label update carries its value
     assert len(label_a["confidences"]) == 3 and TINY_PLANT in info_a and info_b == "" and len(files) == 1
 
 

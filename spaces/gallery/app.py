@@ -67,6 +67,7 @@ def entries_table(entries: list[gallery.GalleryEntry]) -> None:
             "parameters": st.column_config.NumberColumn("parameters", format="localized"),
         },
         key="entries_table",
+        placeholder="",  # a missing value (no Space, no metric) shows empty, not "None"
     )
 
 
@@ -107,6 +108,7 @@ def leaderboard_tab(entries: list[gallery.GalleryEntry]) -> None:
         hide_index=True,
         column_config={"space": st.column_config.LinkColumn("Space", display_text="open")},
         key="leaderboard_table",
+        placeholder="",
     )
 
 
@@ -156,7 +158,7 @@ def compare_tab(entries: list[gallery.GalleryEntry]) -> None:
     result = gallery.compare([by_id[r] for r in chosen])
     if result.metrics:
         st.subheader("Metrics")
-        st.dataframe(result.metrics, hide_index=True, key="compare_metrics")
+        st.dataframe(result.metrics, hide_index=True, key="compare_metrics", placeholder="")
     else:
         st.caption("None of these adapters reports metrics.")
     st.subheader("Configs")

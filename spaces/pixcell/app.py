@@ -14,6 +14,7 @@ import gradio as gr
 from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.gradio_fixes import atomic_cache_writes
 from hubkit.pixcell.demo import MAX_IMAGES, MAX_STEPS, PixCellDemo
 from hubkit.pixcell.sampling import SAMPLERS
 from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
@@ -32,14 +33,29 @@ def menus(base: str | None = None, request: gr.Request = None):
     return gr.Dropdown(choices=bases, value=base), adapters_for(base, wanted)
 
 
+NO_ADAPTER = ("(none: base only)", "")
+
+
 def adapters_for(base: str | None, wanted: str | None = None):
     adapters = pixcell.available_adapters(base)
-    return gr.Dropdown(choices=[("(none: base only)", ""), *((a, a) for a in adapters)],
+    return gr.Dropdown(choices=[NO_ADAPTER, *((a, a) for a in adapters)],
                        value=wanted if wanted in adapters else (adapters[0] if adapters else ""))  # fmt: skip
 
 
+def store_menus() -> tuple[list[str], list[tuple[str, str]]]:
+    """The bases and every adapter of them in the store now, as the menus' build-time choices: the run-history page
+    (/gradio_api/runs) shows a recorded run with these, so a value missing from them shows blank there. Pages refill
+    the menus on load, so later additions reach the Space (their history entries show blank until a restart)."""
+    try:
+        bases = pixcell.available_bases()
+        adapters = sorted({a for b in bases for a in pixcell.available_adapters(b)})
+    except HubkitError:  # an unreadable store: empty menus now; the page load reports it
+        return [], [NO_ADAPTER]
+    return bases, [NO_ADAPTER, *((a, a) for a in adapters)]
+
+
 def repo_id_in_api(dropdown: gr.Dropdown, what: str, example: str) -> gr.Dropdown:
-    """The API page shows a menu filled at page load as a repo id string (its choices are empty at build time)."""
+    """The API page shows a menu refilled at page load as a repo id string (its build-time choices go stale)."""
     dropdown.api_info = lambda: {"type": "string", "description": what}
     dropdown.example_payload = dropdown.example_value = lambda: example
     return dropdown
@@ -69,6 +85,8 @@ def generate(image, base, adapter, sampler, steps, guidance, count, seed, progre
 
 
 def build_demo() -> gr.Blocks:
+    atomic_cache_writes()  # concurrent identical answers share a cache file: never hand out a half-written one
+    base_choices, adapter_choices = store_menus()
     with gr.Blocks(title="hubkit · PixCell") as demo:
         gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
@@ -83,11 +101,12 @@ def build_demo() -> gr.Blocks:
                 image.example_value = lambda: EXAMPLE_URL  # not gradio's sample PDF
                 shown = gr.Image(label="Input", interactive=False, height=200, format="png")
                 gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
-                base = repo_id_in_api(gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True,
-                                                  elem_id="pixcell-base"), "a base repo id from /menus",
-                                      "hubkit-tiny/pixcell")  # fmt: skip
-                adapter = repo_id_in_api(gr.Dropdown(label="Adapter", choices=[], value=None, allow_custom_value=True,
-                                                     elem_id="pixcell-adapter"),
+                # allow_custom_value: the menus refill on page load (what a request may load is checked in hubkit)
+                base = repo_id_in_api(gr.Dropdown(label="Base model", choices=base_choices, value=None,
+                                                  allow_custom_value=True, elem_id="pixcell-base"),
+                                      "a base repo id from /menus", "hubkit-tiny/pixcell")  # fmt: skip
+                adapter = repo_id_in_api(gr.Dropdown(label="Adapter", choices=adapter_choices, value=None,
+                                                     allow_custom_value=True, elem_id="pixcell-adapter"),
                                          'an adapter repo id from /menus, or "" for the base only', "")  # fmt: skip
                 with gr.Row():
                     sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value="dpm++")

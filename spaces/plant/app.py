@@ -14,6 +14,7 @@ import gradio as gr
 from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.gradio_fixes import atomic_cache_writes
 from hubkit.plant.demo import CONCURRENCY, MAX_TOP_K, PlantDemo
 from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
 
@@ -30,8 +31,19 @@ def menus(request: gr.Request = None):
     return gr.Dropdown(choices=models, value=first), gr.Dropdown(choices=models, value=second)
 
 
+def store_models() -> list[str]:
+    """The models in the store now, as the menus' build-time choices: the run-history page (/gradio_api/runs) shows
+    a recorded run with these, so a model missing from them shows blank there. Pages refill the menus on load, so
+    later additions reach the Space (their history entries show blank until a restart)."""
+    try:
+        return plant.available_models()
+    except HubkitError:  # an unreadable store: empty menus now; the page load reports it
+        return []
+
+
 def model_id_in_api(dropdown: gr.Dropdown) -> gr.Dropdown:
-    """The API page shows a model menu as a repo id string: its choices come from the store at page load."""
+    """The API page shows a model menu as a repo id string: its choices refill from the store at page load (the
+    build-time ones go stale)."""
     dropdown.api_info = lambda: {"type": "string", "description": "a PlantVLM repo id from /menus"}
     dropdown.example_payload = dropdown.example_value = lambda: "hubkit-tiny/plant-vlm"
     return dropdown
@@ -56,22 +68,27 @@ def predict(image, camera, text, model_a, model_b, top_k, describe, batch=True, 
         raise gr.Error(f"{err}", title="Not a usable image") from None
     except HubkitError as err:
         raise gr.Error(f"{err}") from None
-    answers = run.answers + [None] * (2 - len(run.answers))
+    # Plain values, not component updates: an update makes gradio rebuild the component's config on every request,
+    # and the browser's run history shows an update's label (the model) instead of its value (the classes). The
+    # panels' titles follow in `label_outputs`, a browser-only step.
     outputs = []
-    for answer in answers:
-        if answer is None:
-            outputs += [gr.Label(value=None, label="(no second model)", show_heading=False), ""]
-        else:
-            outputs += [
-                gr.Label(value=plant.label_values(answer), label=answer.model, show_heading=False),
-                plant.summary(answer),
-            ]
+    for answer in run.answers + [None] * (2 - len(run.answers)):
+        outputs += [None, ""] if answer is None else [plant.label_values(answer), plant.summary(answer)]
     return (*outputs, [str(p) for p in run.files])
+
+
+def label_outputs(model_a, model_b):
+    """After a Run in the browser: each panel is titled with its model (the same model twice ran once)."""
+    picked = list(dict.fromkeys(m for m in (model_a, model_b) if isinstance(m, str) and m))
+    titles = (picked + ["(no second model)"] * 2)[:2] if picked else ["Model A", "Model B"]
+    return gr.Label(label=titles[0]), gr.Label(label=titles[1])
 
 
 def build_demo(batch: bool = True) -> gr.Blocks:
     """The Space. `batch`: concurrent Run requests for one model share forward passes (up to 8; each still gets its
     own answer or error); False runs each request's forward pass on its own."""
+    atomic_cache_writes()  # concurrent identical answers share a cache file: never hand out a half-written one
+    models = store_models()
     with gr.Blocks(title="hubkit · plant disease") as demo:
         gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
@@ -91,10 +108,10 @@ def build_demo(batch: bool = True) -> gr.Blocks:
                     gr.Examples(examples=EXAMPLES, inputs=image, cache_examples=False)
                 text = gr.Textbox(label="Symptoms (optional)", lines=2, max_lines=6,
                                   placeholder="e.g. brown spots with concentric rings on the older leaves")  # fmt: skip
-                with gr.Row():
-                    model_a = model_id_in_api(gr.Dropdown(label="Model A (base)", choices=[], value=None,
+                with gr.Row():  # allow_custom_value: the menus refill on page load (hubkit checks what may load)
+                    model_a = model_id_in_api(gr.Dropdown(label="Model A (base)", choices=models, value=None,
                                               allow_custom_value=True, elem_id="plant-model-a"))  # fmt: skip
-                    model_b = model_id_in_api(gr.Dropdown(label="Model B (fine-tuned)", choices=[], value=None,
+                    model_b = model_id_in_api(gr.Dropdown(label="Model B (fine-tuned)", choices=models, value=None,
                                               allow_custom_value=True, elem_id="plant-model-b"))  # fmt: skip
                 with gr.Row():
                     top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Top k")
@@ -120,7 +137,8 @@ def build_demo(batch: bool = True) -> gr.Blocks:
             outputs=[label_a, info_a, label_b, info_b, files],
             api_name="predict",
             concurrency_limit=CONCURRENCY,  # enough requests in flight to fill a pass of 8 while the previous one runs
-        )
+        ).success(label_outputs, inputs=[model_a, model_b], outputs=[label_a, label_b], queue=False,
+                  api_visibility="private")  # fmt: skip
     clean_on_shutdown(demo, plant.outputs)
     return demo
 

@@ -12,6 +12,7 @@ import gradio as gr
 from gradio_client import handle_file
 
 from hubkit.errors import HubkitError, InvalidImageError
+from hubkit.gradio_fixes import atomic_cache_writes
 from hubkit.segma.demo import (
     DOMAIN_CHOICES,
     PRESETS,
@@ -54,6 +55,23 @@ def menus(*current, request=None):
     return [*updates, note_for(*chosen)]
 
 
+def store_menus() -> tuple[list[list[str]], list[list]]:
+    """Per stage, its bases and every adapter of them in the store now, as the menus' build-time choices: the
+    run-history page (/gradio_api/runs) shows a recorded run with these, so a value missing from them shows blank
+    there. Pages refill the menus on load, so later additions reach the Space (their history entries show blank
+    until a restart)."""
+    bases, adapters = [], []
+    for stage in STAGES:
+        try:
+            found = segma.available_bases(stage)
+            names = sorted({a for b in found for a in segma.available_adapters(stage, b)})
+        except HubkitError:  # an unreadable store: empty menus now; the page load reports it
+            found, names = [], []
+        bases.append(found)
+        adapters.append([NO_ADAPTER, *names])
+    return bases, adapters
+
+
 def linked_menus(request: gr.Request = None):
     """The menus on page load, with what the page's URL preselects (gradio injects positional requests only)."""
     return menus(request=request)
@@ -85,17 +103,22 @@ def preview(image):
 
 # -- run and review --------------------------------------------------------------------------------------
 def _views(run, message: str = "", region=None):
+    """Plain values, not component updates: an update makes gradio rebuild the component's config on every request,
+    and the browser's run history shows an update's image as a broken thumbnail. Labels, visibility and the review
+    menu's choices follow in `view_props`, a browser-only step."""
     adapted, base = segma.overlays(run)
-    label = "Regions (adapted)" if run.base is not None else "Regions"
+    return run, adapted, base, segma.summary(run), segma.table(run), [str(p) for p in run.files], region, message
+
+
+def view_props(run):
+    """After Run or a review in the browser: the overlays' titles and visibility, the downloads shown, the review
+    menu's regions."""
+    compared = run is not None and run.base is not None
     return (
-        run,
-        gr.Image(value=adapted, label=label),
-        gr.Image(value=base, visible=base is not None),
-        segma.summary(run),
-        segma.table(run),
-        gr.File(value=[str(p) for p in run.files], visible=True),
-        gr.Dropdown(choices=segma.region_choices(run), value=region),
-        message,
+        gr.Image(label="Regions (adapted)" if compared else "Regions"),
+        gr.Image(visible=compared),
+        gr.File(visible=run is not None),
+        gr.Dropdown(choices=segma.region_choices(run)),
     )
 
 
@@ -194,6 +217,8 @@ def export(dataset, repo_id, accepted_only):
 
 
 def build_demo() -> gr.Blocks:
+    atomic_cache_writes()  # concurrent identical answers share a cache file: never hand out a half-written one
+    base_choices, adapter_choices = store_menus()
     with gr.Blocks(title="hubkit · segma") as demo:
         gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(
@@ -224,13 +249,13 @@ def build_demo() -> gr.Blocks:
                 )
                 menus_out = []
                 with gr.Accordion("Models and adapters", open=False):
-                    for stage in STAGES:
+                    for stage, stage_bases, stage_adapters in zip(STAGES, base_choices, adapter_choices, strict=True):
                         with gr.Row():
-                            # allow_custom_value: the menus fill on page load, and gradio 6 checks a value against
+                            # allow_custom_value: the menus refill on page load, and gradio 6 checks a value against
                             # the choices its session has seen. What a request may load is checked in hubkit.
                             base = gr.Dropdown(
                                 label=f"{STAGE_TITLES[stage]} base",
-                                choices=[],
+                                choices=stage_bases,
                                 value=None,
                                 allow_custom_value=True,
                                 scale=3,
@@ -238,7 +263,7 @@ def build_demo() -> gr.Blocks:
                             )
                             adapter = gr.Dropdown(
                                 label="adapter",
-                                choices=[NO_ADAPTER],
+                                choices=stage_adapters,
                                 value="",
                                 allow_custom_value=True,
                                 scale=2,
@@ -282,7 +307,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Group():
                     gr.Markdown("### Review  \nRejected regions leave the overlay and the exports.")
                     with gr.Row():
-                        region = gr.Dropdown(label="Region", choices=[], value=None, scale=2, elem_id="segma-region")
+                        # allow_custom_value: handlers return the picked id as a plain value; `view_props` sets
+                        # the choices after them. segma.review checks the id.
+                        region = gr.Dropdown(label="Region", choices=[], value=None, allow_custom_value=True, scale=2,
+                                             elem_id="segma-region")  # fmt: skip
                         label = gr.Textbox(label="New label", scale=2, elem_id="segma-label")
                     with gr.Row():
                         accept_btn = gr.Button("Accept", elem_id="segma-accept")
@@ -315,6 +343,8 @@ def build_demo() -> gr.Blocks:
         for stage, base, adapter in zip(STAGES, bases_in, menus_out[1::2], strict=True):
             base.input(base_changed(stage), inputs=bases_in, outputs=[adapter, note], api_name=f"base_{stage}")
         views = [run_state, adapted_out, base_out, info, table, files, region, review_info]
+        props = dict(fn=view_props, inputs=run_state, outputs=[adapted_out, base_out, files, region], queue=False,
+                     api_visibility="private")  # fmt: skip
         if STAGES != ("sam", "captioner", "labeler", "detector"):  # run_labelling's parameter order
             raise RuntimeError(f"run_labelling expects the stages sam, captioner, labeler, detector; got {STAGES}")
         run.click(
@@ -323,11 +353,13 @@ def build_demo() -> gr.Blocks:
             outputs=views,
             api_name="run",
             concurrency_limit=2,  # five models per run: more at once only slows every request down
+        ).success(**props)
+        accept_btn.click(accept, inputs=[run_state, region], outputs=views, api_name="accept").success(**props)
+        reject_btn.click(reject, inputs=[run_state, region], outputs=views, api_name="reject").success(**props)
+        relabel_btn.click(relabel, inputs=[run_state, region, label], outputs=views, api_name="relabel").success(
+            **props
         )
-        accept_btn.click(accept, inputs=[run_state, region], outputs=views, api_name="accept")
-        reject_btn.click(reject, inputs=[run_state, region], outputs=views, api_name="reject")
-        relabel_btn.click(relabel, inputs=[run_state, region, label], outputs=views, api_name="relabel")
-        accept_all_btn.click(accept_all, inputs=run_state, outputs=views, api_name="accept_all")
+        accept_all_btn.click(accept_all, inputs=run_state, outputs=views, api_name="accept_all").success(**props)
         add_btn.click(add, inputs=[run_state, dataset_state], outputs=[dataset_state, dataset_info], api_name="add")
         export_btn.click(
             export, inputs=[dataset_state, repo, accepted_only], outputs=[export_info, archive], api_name="export"
