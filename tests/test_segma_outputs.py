@@ -335,3 +335,24 @@ def test_export_refusals(result, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".", "e"))]  # nothing half-written left
     with pytest.raises(ConfigError, match="not a Segma export"):
         push_dataset(taken, "me/nothing")
+
+
+def test_overlay_at_a_scale_is_the_overlay_of_the_scaled_image(result):
+    """scale=3 tints at the masks' size and repeats: the same picture as tinting 3x-repeated masks one by one."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    width, height = result.size
+    scaled = replace(
+        result,
+        image=result.image.convert("RGB").resize((3 * width, 3 * height), Image.LANCZOS),
+        regions=[
+            replace(r, mask=r.mask.repeat(3, 0).repeat(3, 1), box=tuple(3 * v for v in r.box)) for r in result.regions
+        ],
+    )
+    fast = np.asarray(overlay(result, scale=3, show_labels=False), dtype=int)
+    slow = np.asarray(overlay(scaled, show_labels=False), dtype=int)
+    assert fast.shape == (3 * height, 3 * width, 3)
+    assert np.abs(fast - slow).max() <= 1  # float rounding of the same sums
+    assert (np.abs(fast - slow) > 0).mean() < 0.01

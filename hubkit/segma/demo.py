@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -134,16 +134,7 @@ def _count(n: int, what: str) -> str:
 
 
 def _overlay(result: SegmaResult, side: int) -> Image.Image:
-    scale = side // max(result.size)
-    if scale < 2:
-        return overlay(result)
-    width, height = result.size
-    regions = [
-        replace(r, mask=r.mask.repeat(scale, 0).repeat(scale, 1), box=tuple(v * scale for v in r.box))
-        for r in result.regions
-    ]
-    image = result.image.resize((width * scale, height * scale), Image.LANCZOS)
-    return overlay(replace(result, image=image, regions=regions))
+    return overlay(result, scale=max(1, side // max(result.size)))
 
 
 def _check_adapter_base(stage: str, name: str, folder: Path, base: str) -> None:

@@ -113,31 +113,46 @@ def _caption_text(region: Region) -> str:
 
 
 def overlay(
-    result: SegmaResult, regions: Iterable[Region | int] | None = None, show_labels: bool = True
+    result: SegmaResult,
+    regions: Iterable[Region | int] | None = None,
+    show_labels: bool = True,
+    *,
+    scale: int = 1,
 ) -> Image.Image:
     """The image with each region's mask tinted in its colour, its box outlined and "label score" written.
 
     ``regions`` limits the drawing to those regions (Region objects or ids); rejected regions are never drawn.
-    Larger regions are tinted first, so smaller ones stay visible on top.
+    Larger regions are tinted first, so smaller ones stay visible on top. ``scale`` > 1 draws at that whole
+    multiple of the image's size (LANCZOS-resized image, masks repeated): boxes and labels stay sharp.
     """
     _check_masks(result)
     chosen = shown_regions(result)
     if regions is not None:
         wanted = {r.id if isinstance(r, Region) else int(r) for r in regions}
         chosen = [r for r in chosen if r.id in wanted]
-    rgb = np.asarray(result.image.convert("RGB"), dtype=np.float32).copy()
     ordered = _largest_first(chosen)
+    # The tints, blended one region after another, make each pixel rgb * factor + add: computed at the masks' own
+    # size and repeated to the drawn size, which is the same sum as blending repeated masks, for far less work.
+    width_px, height_px = result.size
+    factor = np.ones((height_px, width_px, 1), dtype=np.float32)
+    add = np.zeros((height_px, width_px, 3), dtype=np.float32)
     for region in ordered:
         mask = np.asarray(region.mask, dtype=bool)
         colour = np.asarray(region_colour(region.id), dtype=np.float32)
-        rgb[mask] = (1 - TINT_ALPHA) * rgb[mask] + TINT_ALPHA * colour
+        factor[mask] *= 1 - TINT_ALPHA
+        add[mask] = (1 - TINT_ALPHA) * add[mask] + TINT_ALPHA * colour
+    picture = result.image.convert("RGB")
+    if scale > 1:
+        picture = picture.resize((width_px * scale, height_px * scale), Image.LANCZOS)
+        factor, add = (a.repeat(scale, 0).repeat(scale, 1) for a in (factor, add))
+    rgb = np.asarray(picture, dtype=np.float32) * factor + add
     image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     width = max(1, round(min(image.size) / 200))
     font = _label_font(image) if show_labels else None
     for region in ordered:
         colour = region_colour(region.id)
-        x0, y0, x1, y1 = (float(v) for v in region.box)
+        x0, y0, x1, y1 = (float(v) * scale for v in region.box)
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
         if font is not None:
             text = _caption_text(region)
