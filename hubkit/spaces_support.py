@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,20 @@ MAX_RESIDENT_BASES = int(os.environ.get("HUBKIT_SPACE_MAX_BASES", "2"))
 # -- what the store offers -----------------------------------------------------------------------------
 def _local_store():
     return hub.LocalStore(hub.local_home())
+
+
+def build_time_menus(bases: Callable[[], list[str]], adapters: Callable[[str], list[str]]) -> tuple[list, list]:
+    """A Space's bases and every adapter of them in the store now, as its menus' build-time choices.
+
+    Gradio's run-history page (/gradio_api/runs) renders a recorded run with these, so a value missing from them
+    shows blank there. Pages refill the menus on load, so later additions still reach the Space (their history
+    entries show blank until a restart). An unreadable store gives empty menus now; the page load reports it.
+    """
+    try:
+        found = bases()
+        return found, sorted({a for b in found for a in adapters(b)})
+    except HubkitError:
+        return [], []
 
 
 def _head_files(store, repo_id: str) -> dict[str, int]:

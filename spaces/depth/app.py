@@ -17,6 +17,7 @@ from hubkit.spaces_support import (
     DEPTH_TASK,
     DepthDemo,
     back_link,
+    build_time_menus,
     check_upload,
     clean_on_shutdown,
     parse_intrinsics,
@@ -99,17 +100,6 @@ def label_outputs(adapters):
     )
 
 
-def store_menus() -> tuple[list[str], list[str]]:
-    """The bases and every adapter of them in the store now, as the menus' build-time choices: the run-history
-    page renders a recorded run with these, so a value missing from them shows blank there. Pages refill the
-    menus on load, so later additions reach the Space (their history entries show blank until a restart)."""
-    try:
-        bases = depth.available_bases()
-        return bases, sorted({a for b in bases for a in depth.available_adapters(b)})
-    except HubkitError:  # an unreadable store: empty menus now; the page load reports it
-        return [], []
-
-
 def loading_note(base):
     """A status line before Run answers: the first request for a base loads it, which takes seconds."""
     if base and not depth.is_loaded(base):
@@ -146,7 +136,7 @@ def build_demo(batch: bool = True, concurrency_limit: int = 2 * MAX_BATCH) -> gr
     time, upload decoding and image encoding included). The last two are for comparison: the API is the same."""
     atomic_cache_writes()  # concurrent identical answers share a cache file: never hand out a half-written one
     default_base = get_task(DEPTH_TASK).default_base
-    base_choices, adapter_choices = store_menus()
+    base_choices, adapter_choices = build_time_menus(depth.available_bases, depth.available_adapters)
     with gr.Blocks(title="hubkit · depth") as demo:
         gr.HTML(back_link(), elem_id="hubkit-back")
         gr.Markdown(

@@ -17,7 +17,7 @@ from hubkit.errors import HubkitError, InvalidImageError
 from hubkit.gradio_fixes import atomic_cache_writes
 from hubkit.pixcell.demo import MAX_IMAGES, MAX_STEPS, PixCellDemo
 from hubkit.pixcell.sampling import SAMPLERS
-from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
+from hubkit.spaces_support import back_link, build_time_menus, check_upload, clean_on_shutdown, query_choice
 
 EXAMPLE_URL = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"  # for the API page
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
@@ -43,14 +43,8 @@ def adapters_for(base: str | None, wanted: str | None = None):
 
 
 def store_menus() -> tuple[list[str], list[tuple[str, str]]]:
-    """The bases and every adapter of them in the store now, as the menus' build-time choices: the run-history page
-    (/gradio_api/runs) shows a recorded run with these, so a value missing from them shows blank there. Pages refill
-    the menus on load, so later additions reach the Space (their history entries show blank until a restart)."""
-    try:
-        bases = pixcell.available_bases()
-        adapters = sorted({a for b in bases for a in pixcell.available_adapters(b)})
-    except HubkitError:  # an unreadable store: empty menus now; the page load reports it
-        return [], [NO_ADAPTER]
+    """The menus' build-time choices (see hubkit.spaces_support.build_time_menus), "(none)" first."""
+    bases, adapters = build_time_menus(pixcell.available_bases, pixcell.available_adapters)
     return bases, [NO_ADAPTER, *((a, a) for a in adapters)]
 
 

@@ -21,7 +21,7 @@ from hubkit.segma.demo import (
     TINY_NOTE,
     SegmaDemo,
 )
-from hubkit.spaces_support import back_link, check_upload, clean_on_shutdown, query_choice
+from hubkit.spaces_support import back_link, build_time_menus, check_upload, clean_on_shutdown, query_choice
 
 EXAMPLE_URL = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"  # for the API page
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "examples").glob("*.png"))
@@ -56,20 +56,15 @@ def menus(*current, request=None):
 
 
 def store_menus() -> tuple[list[list[str]], list[list]]:
-    """Per stage, its bases and every adapter of them in the store now, as the menus' build-time choices: the
-    run-history page (/gradio_api/runs) shows a recorded run with these, so a value missing from them shows blank
-    there. Pages refill the menus on load, so later additions reach the Space (their history entries show blank
-    until a restart)."""
-    bases, adapters = [], []
-    for stage in STAGES:
-        try:
-            found = segma.available_bases(stage)
-            names = sorted({a for b in found for a in segma.available_adapters(stage, b)})
-        except HubkitError:  # an unreadable store: empty menus now; the page load reports it
-            found, names = [], []
-        bases.append(found)
-        adapters.append([NO_ADAPTER, *names])
-    return bases, adapters
+    """Per stage, the menus' build-time choices (see hubkit.spaces_support.build_time_menus), "none" first."""
+    menus = [
+        build_time_menus(
+            lambda stage=stage: segma.available_bases(stage),
+            lambda base, stage=stage: segma.available_adapters(stage, base),
+        )
+        for stage in STAGES
+    ]
+    return [bases for bases, _ in menus], [[NO_ADAPTER, *adapters] for _, adapters in menus]
 
 
 def linked_menus(request: gr.Request = None):
