@@ -37,3 +37,25 @@ def atomic_cache_writes() -> None:
         save_pil_to_cache.hubkit_atomic = True
         save_pil_to_cache.gradio_original = processing_utils.save_pil_to_cache
         processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
+def upload_check_without_server_paths() -> None:
+    """Gradio refuses a file path a client names that it did not upload, in a message naming the absolute path it
+    resolved, i.e. the server's working directory; answer with the path as the client sent it (gradio 6.31's
+    `processing_utils._check_allowed`, looked up at call time)."""
+    from gradio import processing_utils
+    from gradio.exceptions import InvalidPathError
+
+    check = processing_utils._check_allowed
+    if getattr(check, "hubkit_wrapped", False):
+        return
+
+    def checked(path, check_in_upload_folder: bool):
+        try:
+            return check(path, check_in_upload_folder)
+        except InvalidPathError:
+            reason = "it was not uploaded by a user" if check_in_upload_folder else "it is outside the allowed folders"
+            raise InvalidPathError(f"Cannot use the file {str(path)!r}: {reason}.") from None
+
+    checked.hubkit_wrapped = True
+    processing_utils._check_allowed = checked

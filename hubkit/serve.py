@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
-from .gradio_fixes import atomic_cache_writes
+from .gradio_fixes import atomic_cache_writes, upload_check_without_server_paths
 
 logger = logging.getLogger(__name__)
 
@@ -864,7 +864,7 @@ def build_app(
             return JSONResponse({"error": f"no Space {name!r}"}, status_code=404)
         return RedirectResponse(f"{name}/")  # relative: right behind a proxy that adds a prefix too
 
-    _upload_check_without_server_paths()
+    upload_check_without_server_paths()
     for entry in spaces:
         if entry.kind == GRADIO and entry.error is None:
             app = gr.mount_gradio_app(app, entry.app, path=f"/spaces/{entry.name}")
@@ -877,28 +877,6 @@ def build_app(
         app.mount(f"/spaces/{entry.name}", _SpaceMount(entry))
     atomic_cache_writes()
     return gr.mount_gradio_app(app, landing_page(hub_name=hub_name, spaces=spaces), path="/")
-
-
-def _upload_check_without_server_paths() -> None:
-    """Gradio refuses a file path a client names that it did not upload, in a message naming the absolute path it
-    resolved, i.e. the server's working directory; answer with the path as the client sent it (gradio 6.31's
-    `processing_utils._check_allowed`, looked up at call time)."""
-    from gradio import processing_utils
-    from gradio.exceptions import InvalidPathError
-
-    check = processing_utils._check_allowed
-    if getattr(check, "hubkit_wrapped", False):
-        return
-
-    def checked(path, check_in_upload_folder: bool):
-        try:
-            return check(path, check_in_upload_folder)
-        except InvalidPathError:
-            reason = "it was not uploaded by a user" if check_in_upload_folder else "it is outside the allowed folders"
-            raise InvalidPathError(f"Cannot use the file {str(path)!r}: {reason}.") from None
-
-    checked.hubkit_wrapped = True
-    processing_utils._check_allowed = checked
 
 
 def serve(
